@@ -1,0 +1,31 @@
+"""The only place that wires config and resources into the Dagster code location."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from conversion_sync.config import ProjectConfig, load_project_config
+from conversion_sync.config.loader import RESERVED_FILES
+from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync.syncs.broken import broken_sync_asset, config_problems_asset
+
+
+def build_resources() -> dict[str, object]:
+    """Resources chosen by environment: CONVERSION_STORE_URL or the embedded store."""
+    return {"contact_store": ContactStore(), "identity": IdentityMatcher()}
+
+
+def build_definitions(project: ProjectConfig | None = None) -> dg.Definitions:
+    """Definitions for a loaded config; broken syncs become explanatory placeholders."""
+    project = project or load_project_config()
+    assets: list[dg.AssetsDefinition] = [broken_sync_asset(b) for b in project.broken_syncs.values()]
+    shared_problems = [
+        p for p in project.problems if p.file in RESERVED_FILES or p.file == str(project.directory)
+    ]
+    if shared_problems:
+        assets.append(config_problems_asset(shared_problems))
+    return dg.Definitions(assets=assets, resources=build_resources())
+
+
+defs = build_definitions()

@@ -1,0 +1,1 @@
+"""Development stand-ins: embedded Postgres, demo data, local Salesforce."""

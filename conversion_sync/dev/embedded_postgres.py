@@ -1,0 +1,111 @@
+"""The embedded contact store: a real PostgreSQL from the pgserver package, data under .data/."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+DATA_DIR_ENV = "CONVERSION_SYNC_DATA_DIR"
+STORE_DATABASE = "conversion"
+DAGSTER_DATABASE = "dagster"
+
+log = logging.getLogger(__name__)
+
+
+def data_directory() -> Path:
+    """Where local state lives: $CONVERSION_SYNC_DATA_DIR, else ./.data."""
+    path = Path(os.environ.get(DATA_DIR_ENV, ".data")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pgdata(data_dir: Path | None) -> Path:
+    base = data_dir or data_directory()
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "postgres"
+
+
+def _database_url(base_uri: str, database: str) -> str:
+    # pgserver gives postgresql://postgres:@/postgres?host=/socket/dir
+    prefix, _, query = base_uri.partition("?")
+    root = prefix.rsplit("/", 1)[0]
+    return f"{root}/{database}?{query}" if query else f"{root}/{database}"
+
+
+def start_embedded_postgres(data_dir: Path | None = None) -> str:
+    """Start (or join) the embedded server and return the contact store URL.
+
+    Every process of `dagster dev` calls this; pgserver serialises starts with an inter-process
+    lock, and the server is left running (cleanup_mode=None) until `stop_embedded_postgres`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+
+    pgdata = _pgdata(data_dir)
+    if not embedded_postgres_running(data_dir):
+        # pgserver caches handles per process; a handle to a server stopped since is stale
+        pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    base_uri = server.get_uri("postgres")
+    for database in (STORE_DATABASE, DAGSTER_DATABASE):
+        _ensure_database(base_uri, database)
+    return _database_url(base_uri, STORE_DATABASE)
+
+
+def embedded_url(database: str, data_dir: Path | None = None) -> str:
+    """URL of one database on the embedded server, starting it if needed."""
+    store_url = start_embedded_postgres(data_dir)
+    return _database_url(store_url, database)
+
+
+def dagster_storage_url(data_dir: Path | None = None) -> str:
+    """URL for Dagster's run/event/schedule storage on the embedded server.
+
+    dagster-postgres binds NOTIFY parameters client-side, which needs the psycopg2 driver;
+    SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL.
+    """
+    return embedded_url(DAGSTER_DATABASE, data_dir).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _ensure_database(base_uri: str, database: str) -> None:
+    with psycopg.connect(base_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            # another process may create it first
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def stop_embedded_postgres(data_dir: Path | None = None) -> bool:
+    """Stop the embedded server if it runs; True when a server was stopped."""
+    from pgserver._commands import pg_ctl
+    from pgserver.utils import PostmasterInfo
+
+    pgdata = _pgdata(data_dir)
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    user = "pgserver" if os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    except subprocess.CalledProcessError as exc:
+        log.warning("pg_ctl stop failed (%s); terminating the server", exc)
+        info.process.terminate()
+    return True
+
+
+def embedded_postgres_running(data_dir: Path | None = None) -> bool:
+    """Whether the embedded server is up."""
+    from pgserver.utils import PostmasterInfo
+
+    pgdata = _pgdata(data_dir)
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    return bool(info and info.is_running())

@@ -1,0 +1,111 @@
+"""`make dev`: embedded store, migrations, demo warehouse, Salesforce stand-in, then `dagster dev`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conversion_sync.dev.embedded_postgres import (
+    dagster_storage_url,
+    data_directory,
+    start_embedded_postgres,
+    stop_embedded_postgres,
+)
+from conversion_sync.store.connection import STORE_URL_ENV, redact_url
+from conversion_sync.store.migrate import migrate_store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare_dagster_home(data_dir: Path) -> Path:
+    """DAGSTER_HOME: the repo root, whose dagster.yaml keeps run/event/schedule storage in Postgres."""
+    os.environ.setdefault("CONVERSION_SYNC_DATA_DIR", str(data_dir))
+    return Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT).resolve()
+
+
+def prepare_environment() -> dict[str, str]:
+    """Start what `dagster dev` needs and return the environment its processes share."""
+    env = dict(os.environ)
+    data_dir = data_directory()
+    env.setdefault("CONVERSION_SYNC_DATA_DIR", str(data_dir))
+    env.setdefault("CONVERSION_SYNC_CONFIG", str(REPO_ROOT / "syncs"))
+    if not env.get(STORE_URL_ENV):
+        env[STORE_URL_ENV] = start_embedded_postgres(data_dir)
+        env.setdefault("DAGSTER_PG_URL", dagster_storage_url(data_dir))
+    if not env.get("DAGSTER_PG_URL"):
+        sys.exit("DAGSTER_PG_URL must be set when CONVERSION_STORE_URL points at an external Postgres")
+    before, after = migrate_store(env[STORE_URL_ENV])
+    print(
+        f"contact store {redact_url(env[STORE_URL_ENV])}: revision {before or 'empty'} -> {after}", flush=True
+    )
+    env.update(_start_demo_services(env, data_dir))
+    env["DAGSTER_HOME"] = str(prepare_dagster_home(data_dir))
+    return env
+
+
+def _start_demo_services(env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    """Seed the demo warehouse (and, when present, the local Salesforce stand-in)."""
+    from conversion_sync.dev import demo_warehouse
+
+    path = demo_warehouse.seed_demo_warehouse(data_dir / "warehouse.duckdb")
+    print(f"demo warehouse: {path}", flush=True)
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="3000")
+    parser.add_argument("--prepare-only", action="store_true", help="set everything up, do not start Dagster")
+    args = parser.parse_args(argv)
+    env = prepare_environment()
+    if args.prepare_only:
+        return 0
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        args.host,
+        "-p",
+        args.port,
+    ]
+    print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        print("stopping Dagster…", flush=True)
+        _stop_process_group(process)
+        return 0
+    finally:
+        if not os.environ.get(STORE_URL_ENV):
+            stop_embedded_postgres()
+            print("embedded Postgres stopped", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
+    """SIGTERM dagster dev's whole process group (webserver, daemon, code server), then SIGKILL stragglers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

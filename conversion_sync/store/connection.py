@@ -1,0 +1,46 @@
+"""Where the contact store is: CONVERSION_STORE_URL, or the embedded Postgres; SQLAlchemy engines for it."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+STORE_URL_ENV = "CONVERSION_STORE_URL"
+
+
+def resolve_store_url() -> str:
+    """The contact store's Postgres URL: the environment's, else the embedded server's (started if needed)."""
+    url = os.environ.get(STORE_URL_ENV)
+    if url:
+        return url
+    from conversion_sync.dev.embedded_postgres import start_embedded_postgres
+
+    return start_embedded_postgres()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise a Postgres URL to the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The URL without a SQLAlchemy driver suffix, for psycopg/libpq and ADBC."""
+    parsed = make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for logs and errors."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@cache
+def store_engine(url: str) -> sa.Engine:
+    """One engine per URL per process."""
+    return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5)

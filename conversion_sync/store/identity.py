@@ -1,0 +1,195 @@
+"""Identity matching (SPEC §5): staged (email, Salesforce id) pairs → contact ids, set-based and race-free."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+import sqlalchemy as sa
+
+IDENTITY_LOCK_KEY = 7_310_002
+"""Transaction-scoped advisory lock: every writer that may create or link contacts takes it first."""
+
+
+@dataclass
+class IdentityCounts:
+    """How the distinct identities of one resolution were matched."""
+
+    matched_by_salesforce_id: int = 0
+    linked_by_email: int = 0
+    matched_by_email: int = 0
+    created: int = 0
+    unresolved: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+_KEYS = "_identity_keys"
+
+
+def lock_identities(conn: sa.Connection) -> None:
+    """Take the identity lock for the rest of this transaction."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": IDENTITY_LOCK_KEY})
+
+
+def _key_expressions(prefix: str, email_column: str, salesforce_id_column: str | None) -> tuple[str, str]:
+    """SQL for the normalised Salesforce id and email of a staged row (blank counts as missing)."""
+    sf_id = f"NULLIF(btrim({prefix}{salesforce_id_column}), '')" if salesforce_id_column else "NULL::text"
+    return sf_id, f"NULLIF(lower(btrim({prefix}{email_column})), '')"
+
+
+class IdentityMatcher(dg.ConfigurableResource):
+    """Resolves contacts for a staged set of identities, following SPEC §5's three rules.
+
+    1. a contact linked to the Salesforce id is always the one;
+    2. else the most recently updated contact with that email not linked to a different Salesforce id
+       (it gets linked);
+    3. else a new contact.
+    """
+
+    def resolve_table(
+        self,
+        conn: sa.Connection,
+        table: str,
+        *,
+        email_column: str = "email",
+        salesforce_id_column: str | None = None,
+        salesforce_type_column: str | None = None,
+        contact_column: str = "contact_id",
+        create: bool = True,
+    ) -> IdentityCounts:
+        """Fill `contact_column` of every row in the staged `table`; one statement per rule.
+
+        Must run inside a transaction; holds the identity lock until it commits, so concurrent
+        resolutions of the same new emails create each contact once.
+        """
+        lock_identities(conn)
+        sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
+        sf_type = salesforce_type_column or "NULL::text"
+        run = conn.exec_driver_sql
+        run(f"DROP TABLE IF EXISTS {_KEYS}")
+        run(
+            f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
+            SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
+                   min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
+                   NULL::bigint AS contact_id, NULL::text AS outcome
+            FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
+            UNION ALL
+            SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
+            FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
+        )
+        run(f"CREATE INDEX ON {_KEYS} (salesforce_id)")
+        run(f"CREATE INDEX ON {_KEYS} (email_norm)")
+        run(f"ANALYZE {_KEYS}")
+        counts = IdentityCounts()
+
+        # Rule 1: the Salesforce id decides.
+        counts.matched_by_salesforce_id = run(
+            f"""UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'matched_by_salesforce_id'
+            FROM contacts c WHERE k.salesforce_id IS NOT NULL AND c.salesforce_id = k.salesforce_id"""
+        ).rowcount
+        # Rule 2: link the most recently updated unlinked contact with the email; several new
+        # Salesforce records with one email take the unlinked contacts in recency order.
+        counts.linked_by_email = run(
+            f"""WITH wanted AS (
+                SELECT ctid AS key_row, email_norm,
+                       row_number() OVER (PARTITION BY email_norm ORDER BY salesforce_id) AS rank
+                FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NOT NULL AND email_norm IS NOT NULL
+            ), candidates AS (
+                SELECT id, email_normalized,
+                       row_number() OVER (PARTITION BY email_normalized ORDER BY updated_at DESC, id DESC) AS rank
+                FROM contacts
+                WHERE salesforce_id IS NULL AND email_normalized IN (SELECT email_norm FROM wanted)
+            )
+            UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'linked_by_email'
+            FROM wanted w JOIN candidates c ON c.email_normalized = w.email_norm AND c.rank = w.rank
+            WHERE k.ctid = w.key_row"""
+        ).rowcount
+        run(
+            f"""UPDATE contacts c SET salesforce_id = k.salesforce_id, salesforce_type = k.salesforce_type,
+                   updated_at = now()
+            FROM {_KEYS} k WHERE k.outcome = 'linked_by_email' AND c.id = k.contact_id"""
+        )
+        if create:
+            # Rule 3 for Salesforce records: a new contact each.
+            counts.created += run(
+                f"""WITH created AS (
+                    INSERT INTO contacts (email, email_normalized, salesforce_id, salesforce_type)
+                    SELECT email, email_norm, salesforce_id, salesforce_type FROM {_KEYS}
+                    WHERE contact_id IS NULL AND salesforce_id IS NOT NULL
+                    RETURNING id, salesforce_id
+                )
+                UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
+                FROM created WHERE k.salesforce_id = created.salesforce_id"""
+            ).rowcount
+        # Rule 2 for plain emails: the most recently updated contact with the email, linked or not.
+        counts.matched_by_email = run(
+            f"""UPDATE {_KEYS} k SET contact_id = m.id, outcome = 'matched_by_email'
+            FROM (
+                SELECT DISTINCT ON (email_normalized) id, email_normalized FROM contacts
+                WHERE email_normalized IN (
+                    SELECT email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL)
+                ORDER BY email_normalized, updated_at DESC, id DESC
+            ) m
+            WHERE k.contact_id IS NULL AND k.salesforce_id IS NULL AND k.email_norm = m.email_normalized"""
+        ).rowcount
+        if create:
+            # Rule 3 for plain emails.
+            counts.created += run(
+                f"""WITH created AS (
+                    INSERT INTO contacts (email, email_normalized)
+                    SELECT email, email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL
+                    RETURNING id, email_normalized
+                )
+                UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
+                FROM created WHERE k.salesforce_id IS NULL AND k.email_norm = created.email_normalized"""
+            ).rowcount
+        counts.unresolved = run(f"SELECT count(*) FROM {_KEYS} WHERE contact_id IS NULL").scalar_one()
+
+        s_sf_id, s_email_norm = _key_expressions("s.", email_column, salesforce_id_column)
+        if salesforce_id_column:
+            run(
+                f"""UPDATE {table} s SET {contact_column} = k.contact_id FROM {_KEYS} k
+                WHERE k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
+            )
+        run(
+            f"""UPDATE {table} s SET {contact_column} = k.contact_id FROM {_KEYS} k
+            WHERE k.salesforce_id IS NULL AND k.email_norm = {s_email_norm} AND {s_sf_id} IS NULL"""
+        )
+        run(f"DROP TABLE {_KEYS}")
+        return counts
+
+    def resolve(
+        self,
+        conn: sa.Connection,
+        identities: Iterable[tuple[str | None, str | None, str | None]],
+        *,
+        create: bool = True,
+    ) -> tuple[list[int | None], IdentityCounts]:
+        """Resolve (email, salesforce_id, salesforce_type) tuples; returns contact ids in input order."""
+        rows: Sequence[tuple[str | None, str | None, str | None]] = list(identities)
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS _identity_input (ord bigint, email text, salesforce_id text, "
+            "salesforce_type text, contact_id bigint) ON COMMIT DROP"
+        )
+        conn.exec_driver_sql("TRUNCATE _identity_input")
+        raw = conn.connection.dbapi_connection
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(  # type: ignore[union-attr]
+                "COPY _identity_input (ord, email, salesforce_id, salesforce_type) FROM STDIN"
+            ) as copy,
+        ):
+            for ord_, (email, sf_id, sf_type) in enumerate(rows):
+                copy.write_row((ord_, email, sf_id, sf_type))
+        counts = self.resolve_table(
+            conn,
+            "_identity_input",
+            salesforce_id_column="salesforce_id",
+            salesforce_type_column="salesforce_type",
+            create=create,
+        )
+        result = conn.exec_driver_sql("SELECT contact_id FROM _identity_input ORDER BY ord").scalars().all()
+        return list(result), counts

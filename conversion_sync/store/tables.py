@@ -1,0 +1,186 @@
+"""The contact store's tables (SQLAlchemy Core): the logical schema other services read (SPEC §8)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+_now = sa.text("now()")
+
+
+def _timestamps() -> list[sa.Column]:
+    return [
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    ]
+
+
+companies = sa.Table(
+    "companies",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("salesforce_account_id", sa.Text, unique=True),
+    sa.Column("name", sa.Text),
+    sa.Column("fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("field_updated_at", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_timestamps(),
+)
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("email", sa.Text),
+    sa.Column("email_normalized", sa.Text, index=True),
+    sa.Column("salesforce_id", sa.Text),
+    sa.Column("salesforce_type", sa.Text),
+    sa.Column("company_id", sa.BigInteger, sa.ForeignKey("companies.id", ondelete="SET NULL"), index=True),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("job_title", sa.Text),
+    sa.Column("phone", sa.Text),
+    sa.Column("city", sa.Text),
+    sa.Column("company_name", sa.Text),
+    sa.Column("custom_fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("field_updated_at", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_timestamps(),
+    sa.CheckConstraint("salesforce_type IN ('Lead', 'Contact')", name="contacts_salesforce_type"),
+    sa.Index(
+        "contacts_salesforce_id",
+        "salesforce_id",
+        unique=True,
+        postgresql_where=sa.text("salesforce_id IS NOT NULL"),
+    ),
+)
+
+custom_objects = sa.Table(
+    "custom_objects",
+    metadata,
+    sa.Column("object_type", sa.Text, primary_key=True),
+    sa.Column("object_id", sa.Text, primary_key=True),
+    sa.Column("fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_timestamps(),
+)
+
+object_relationships = sa.Table(
+    "object_relationships",
+    metadata,
+    sa.Column("object_type", sa.Text, primary_key=True),
+    sa.Column("object_id", sa.Text, primary_key=True),
+    sa.Column(
+        "contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_timestamps(),
+    sa.ForeignKeyConstraint(
+        ["object_type", "object_id"],
+        ["custom_objects.object_type", "custom_objects.object_id"],
+        ondelete="CASCADE",
+    ),
+    sa.Index("object_relationships_contact", "contact_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("message_id", sa.Text, nullable=False, unique=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_name", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("properties", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("sync_name", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("events_contact_time", "contact_id", "timestamp"),
+)
+
+campaign_types = sa.Table(
+    "campaign_types",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("statuses", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("default_status", sa.Text),
+    *_timestamps(),
+)
+
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("campaign_type_id", sa.BigInteger, sa.ForeignKey("campaign_types.id"), nullable=False),
+    sa.Column("salesforce_link", sa.Text, nullable=False, server_default="none"),
+    sa.Column("salesforce_campaign_id", sa.Text, unique=True),
+    sa.Column("linked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_reconciled_at", sa.DateTime(timezone=True)),
+    *_timestamps(),
+    sa.CheckConstraint("salesforce_link IN ('none', 'existing', 'create')", name="campaigns_salesforce_link"),
+)
+
+campaign_members = sa.Table(
+    "campaign_members",
+    metadata,
+    sa.Column(
+        "campaign_id", sa.BigInteger, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("salesforce_member_id", sa.Text, unique=True),
+    sa.Column("salesforce_synced_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("watermark", sa.DateTime(timezone=True)),
+    sa.Column("cursor", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("last_run_id", sa.Text),
+    sa.Column("last_success_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("sync_name", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("phase", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("counts", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("error", sa.Text),
+    sa.Index("sync_runs_by_sync", "sync_name", "started_at"),
+)
+
+sync_fingerprints = sa.Table(
+    "sync_fingerprints",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("row_key", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text),
+)
+
+sync_rejections = sa.Table(
+    "sync_rejections",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("sync_name", sa.Text, nullable=False),
+    sa.Column("row_key", sa.Text),
+    sa.Column("column_name", sa.Text),
+    sa.Column("code", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("row", JSONB),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("sync_rejections_run", "sync_name", "run_id"),
+)

@@ -1,0 +1,1 @@
+"""Warehouse syncs: query template, validation, per-destination writers, Dagster factory."""
