@@ -58,6 +58,7 @@ class IdentityMatcher(dg.ConfigurableResource):
         salesforce_id_column: str | None = None,
         salesforce_type_column: str | None = None,
         contact_column: str = "contact_id",
+        outcome_column: str | None = None,
         create: bool = True,
     ) -> IdentityCounts:
         """Fill `contact_column` of every row in the staged `table`; one statement per rule.
@@ -149,13 +150,16 @@ class IdentityMatcher(dg.ConfigurableResource):
         counts.unresolved = run(f"SELECT count(*) FROM {_KEYS} WHERE contact_id IS NULL").scalar_one()
 
         s_sf_id, s_email_norm = _key_expressions("s.", email_column, salesforce_id_column)
+        targets = f"{contact_column} = k.contact_id" + (
+            f", {outcome_column} = k.outcome" if outcome_column else ""
+        )
         if salesforce_id_column:
             run(
-                f"""UPDATE {table} s SET {contact_column} = k.contact_id FROM {_KEYS} k
+                f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
                 WHERE k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
             )
         run(
-            f"""UPDATE {table} s SET {contact_column} = k.contact_id FROM {_KEYS} k
+            f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
             WHERE k.salesforce_id IS NULL AND k.email_norm = {s_email_norm} AND {s_sf_id} IS NULL"""
         )
         run(f"DROP TABLE {_KEYS}")

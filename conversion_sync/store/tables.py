@@ -158,7 +158,13 @@ sync_runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("counts", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("error", sa.Text),
+    sa.Column("watermark_used", sa.DateTime(timezone=True)),
+    sa.Column("next_watermark", sa.DateTime(timezone=True)),
+    sa.Column("staging_table", sa.Text),
+    sa.Column("full_sync", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("source_columns", sa.JSON),
     sa.Index("sync_runs_by_sync", "sync_name", "started_at"),
+    sa.Index("sync_runs_staging_table", "staging_table"),
 )
 
 sync_fingerprints = sa.Table(

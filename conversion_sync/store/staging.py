@@ -1,0 +1,163 @@
+"""Staging: Arrow record batches → an UNLOGGED text table in the store via ADBC (COPY BINARY), per run."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import sqlalchemy as sa
+
+from conversion_sync.store.connection import libpq_url
+
+STAGING_SCHEMA = "conversion_staging"
+ROW_NUMBER = "_row_number"
+BAD_TEXT = "_bad_text_column"
+"""Staged per row: the first source column whose text held a NUL byte (Postgres text cannot), else NULL."""
+
+
+def staging_table_name(sync_name: str, run_id: str) -> str:
+    """A deterministic, valid identifier for one run of one sync."""
+    run = re.sub(r"[^a-z0-9]", "", run_id.lower())[:12]
+    return f"stage_{sync_name}_{run}"[:60]
+
+
+def qualified(table: str) -> str:
+    return f"{STAGING_SCHEMA}.{table}"
+
+
+@dataclass
+class StagedColumns:
+    """The source's column names in order; staged as c0, c1, … (text), so any name is safe."""
+
+    source_names: list[str]
+    staged_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.staged_names = [f"c{i}" for i in range(len(self.source_names))]
+
+    def by_source(self) -> dict[str, str]:
+        return dict(zip(self.source_names, self.staged_names, strict=True))
+
+
+class BatchTextifier:
+    """Turns any Arrow batch into all-text columns, vectorised in DuckDB.
+
+    Nested values (structs, lists, maps) become JSON text; timestamps are rendered in UTC; text with a
+    NUL byte is flagged per row (the row is rejected later) and the NUL removed so the batch can be staged.
+    """
+
+    def __init__(self) -> None:
+        self._db = duckdb.connect()
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._select: str | None = None
+
+    def _build_select(self, batch: pa.RecordBatch) -> str:
+        relation = self._db.from_arrow(batch)
+        texts, flags = [], []
+        for i, (name, dtype) in enumerate(zip(relation.columns, relation.dtypes, strict=True)):
+            quoted = '"' + name.replace('"', '""') + '"'
+            type_id = str(dtype).upper()
+            if type_id.startswith(("STRUCT", "MAP", "UNION")) or type_id.endswith("]"):
+                expr = f"CAST(to_json({quoted}) AS VARCHAR)"
+            elif type_id in ("VARCHAR", "JSON"):
+                expr = f"CAST({quoted} AS VARCHAR)"
+                flags.append(f"WHEN contains({expr}, chr(0)) THEN {_sql_literal(name)}")
+                expr = f"replace({expr}, chr(0), '')"
+            elif type_id == "BLOB":
+                expr = f"hex({quoted})"
+            else:
+                expr = f"CAST({quoted} AS VARCHAR)"
+            texts.append(f"{expr} AS c{i}")
+        flag = f"CASE {' '.join(flags)} END" if flags else "CAST(NULL AS VARCHAR)"
+        return f"SELECT {', '.join(texts)}, {flag} AS {BAD_TEXT} FROM batch"
+
+    def to_text(self, batch: pa.RecordBatch) -> pa.Table:
+        if self._select is None:
+            self._select = self._build_select(batch)
+        self._db.register("batch", batch)
+        try:
+            return self._db.execute(self._select).to_arrow_table()
+        finally:
+            self._db.unregister("batch")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns) -> None:
+    """An UNLOGGED table of text columns (cheap to write, never replicated)."""
+    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA}")
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(table)}")
+    cols = ", ".join(f"{name} text" for name in columns.staged_names)
+    separator = ", " if cols else ""
+    conn.exec_driver_sql(
+        f"CREATE UNLOGGED TABLE {qualified(table)} ({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text)"
+    )
+
+
+def drop_staging_tables(conn: sa.Connection, prefix: str, keep: Iterable[str] = ()) -> list[str]:
+    """Drop staging tables whose name starts with `prefix` (leftovers of failed runs), except `keep`."""
+    keep_set = set(keep)
+    names = conn.exec_driver_sql(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %(schema)s AND tablename LIKE %(prefix)s",
+        {"schema": STAGING_SCHEMA, "prefix": prefix.replace("_", r"\_") + "%"},
+    ).scalars()
+    dropped = [n for n in names if n not in keep_set]
+    for name in dropped:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(name)}")
+    return dropped
+
+
+@contextmanager
+def adbc_connection(store_url: str) -> Iterator[object]:
+    """An ADBC connection to the store, for COPY BINARY ingest of Arrow data."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    conn = adbc.connect(libpq_url(store_url))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@dataclass
+class StagingResult:
+    rows: int
+    batches: int
+    columns: StagedColumns
+
+
+class StagingWriter:
+    """Appends text-converted batches to a staging table, numbering rows in arrival order."""
+
+    def __init__(self, adbc_conn: object, table: str, columns: StagedColumns) -> None:
+        self._conn = adbc_conn
+        self._table = table
+        self._columns = columns
+        self._textifier = BatchTextifier()
+        self.rows = 0
+        self.batches = 0
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        text = self._textifier.to_text(batch)
+        numbers = pa.array(np.arange(self.rows + 1, self.rows + 1 + batch.num_rows, dtype=np.int64))
+        text = text.add_column(0, ROW_NUMBER, numbers)
+        with self._conn.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.adbc_ingest(self._table, text, mode="append", db_schema_name=STAGING_SCHEMA)
+        self._conn.commit()  # type: ignore[attr-defined]
+        self.rows += batch.num_rows
+        self.batches += 1
+
+    def close(self) -> None:
+        self._textifier.close()

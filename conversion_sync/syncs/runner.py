@@ -1,0 +1,347 @@
+"""One sync run in three steps — query, validate, write — shared by the Dagster ops and the CLI."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from conversion_sync.config import ProjectConfig
+from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store import sync_state
+from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync.store.staging import (
+    StagedColumns,
+    StagingWriter,
+    adbc_connection,
+    create_staging_table,
+    drop_staging_tables,
+    qualified,
+    staging_table_name,
+)
+from conversion_sync.syncs.destinations import UnknownObjectType, destination_fields
+from conversion_sync.syncs.template import EPOCH, format_timestamp, render_query
+from conversion_sync.syncs.validation import (
+    ValidationResult,
+    Validator,
+    WholeRunError,
+    map_columns,
+    rows_table,
+)
+from conversion_sync.syncs.writers import WRITERS, WriteContext, WriteCounts
+from conversion_sync.warehouses import WarehouseError, open_warehouse
+
+PREVIEW_REJECTED_ROWS = 20
+
+
+class SyncFailed(Exception):
+    """A run failed as a whole; nothing was written and the watermark did not move."""
+
+
+@dataclass
+class SyncOutcome:
+    """What one run did: counts, watermarks, timings and a preview of rejected rows."""
+
+    sync_name: str
+    run_id: str
+    counts: dict[str, int]
+    watermark_used: datetime
+    next_watermark: datetime
+    full_sync: bool
+    durations: dict[str, float] = field(default_factory=dict)
+    rejected_preview: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def download_command(self) -> str:
+        return f"conversion-sync rejections {self.sync_name} --run {self.run_id}"
+
+
+class SyncRunner:
+    """Runs one sync's steps against the store. Each step finds the previous one's work by staging table."""
+
+    def __init__(
+        self,
+        sync: SyncConfig,
+        project: ProjectConfig,
+        store: ContactStore,
+        matcher: IdentityMatcher | None = None,
+    ) -> None:
+        self.sync = sync
+        self.project = project
+        self.store = store
+        self.matcher = matcher or IdentityMatcher()
+        try:
+            self.destination = destination_fields(sync, project.store_schema)
+        except UnknownObjectType as exc:
+            raise SyncFailed(f"sync '{sync.name}': {exc}") from None
+
+    # --- step 1: query ----------------------------------------------------------------------------------
+
+    def query(self, run_id: str, batch_rows: int = 50_000) -> str:
+        """Run the warehouse query and stage every batch; returns the staging table name."""
+        engine = self.store.engine()
+        table = staging_table_name(self.sync.name, run_id)
+        with engine.begin() as conn:
+            running = conn.exec_driver_sql(
+                "SELECT staging_table FROM sync_runs WHERE sync_name = %s AND status = 'running' AND run_id <> %s",
+                (self.sync.name, run_id),
+            ).scalars()
+            drop_staging_tables(conn, f"stage_{self.sync.name}_", keep=[t for t in running if t])
+            watermark = sync_state.get_watermark(conn, self.sync.name) or EPOCH
+            used = max(EPOCH, watermark - self.sync.lookback) if watermark > EPOCH else EPOCH
+            next_watermark = datetime.now(UTC)
+            sync_state.start_run(
+                conn,
+                run_id=run_id,
+                sync_name=self.sync.name,
+                watermark_used=used,
+                next_watermark=next_watermark,
+                staging_table=table,
+                full_sync=not self.sync.incremental,
+            )
+        started = time.monotonic()
+        try:
+            sql = render_query(self.sync.query, used)
+            rows = self._stage(sql, table, run_id, batch_rows)
+        except (WarehouseError, WholeRunError) as exc:
+            self._fail(run_id, str(exc))
+            raise SyncFailed(str(exc)) from None
+        except Exception as exc:
+            self._fail(run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        with engine.begin() as conn:
+            sync_state.set_phase(
+                conn,
+                run_id,
+                "preparing",
+                {"queried": rows, "duration_query_s": round(time.monotonic() - started, 3)},
+            )
+        return table
+
+    def _stage(self, sql: str, table: str, run_id: str, batch_rows: int) -> int:
+        config = self.project.warehouses[self.sync.warehouse]
+        writer: StagingWriter | None = None
+        with (
+            open_warehouse(self.sync.warehouse, config) as warehouse,
+            adbc_connection(self.store.resolved_url()) as adbc,
+        ):
+            try:
+                for batch in warehouse.stream(sql, batch_rows):
+                    if writer is None:
+                        names = list(batch.schema.names)
+                        map_columns(names, self.destination, self.sync.name)
+                        columns = StagedColumns(names)
+                        with self.store.begin() as conn:
+                            create_staging_table(conn, table, columns)
+                            sync_state.record_columns(conn, run_id, names)
+                        writer = StagingWriter(adbc, table, columns)
+                    if self.sync.max_rows is not None and writer.rows + batch.num_rows > self.sync.max_rows:
+                        raise WholeRunError(
+                            f"sync '{self.sync.name}': the query returned more than max_rows={self.sync.max_rows} "
+                            "rows; nothing was written"
+                        )
+                    writer.append(batch)
+            finally:
+                if writer is not None:
+                    writer.close()
+        if writer is None:
+            raise WholeRunError(f"sync '{self.sync.name}': the warehouse returned no result set")
+        return writer.rows
+
+    # --- step 2: validate -------------------------------------------------------------------------------
+
+    def _run_for(self, conn: sa.Connection, table: str) -> sync_state.SyncRunRecord:
+        record = sync_state.get_run_by_staging_table(conn, table)
+        if record is None:
+            raise SyncFailed(f"sync '{self.sync.name}': no run owns staging table {table}")
+        return record
+
+    def _validator(self, record: sync_state.SyncRunRecord, table: str) -> Validator:
+        names = list(record.source_columns or [])
+        return Validator(
+            sync_name=self.sync.name,
+            run_id=record.run_id,
+            staging_table=table,
+            destination=self.destination,
+            columns=map_columns(names, self.destination, self.sync.name),
+            source_names=names,
+        )
+
+    def validate(self, table: str) -> ValidationResult:
+        """Reject bad rows (kept with code and message) and build the typed rows table."""
+        started = time.monotonic()
+        with self.store.begin() as conn:
+            record = self._run_for(conn, table)
+        try:
+            with self.store.begin() as conn:
+                result = self._validator(record, table).run(conn, record.counts.get("queried", 0))
+                sync_state.set_phase(
+                    conn,
+                    record.run_id,
+                    "writing",
+                    {
+                        "rejected": result.rejected,
+                        "duration_validate_s": round(time.monotonic() - started, 3),
+                    },
+                )
+        except Exception as exc:
+            self._fail(record.run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        return result
+
+    # --- step 3: write ----------------------------------------------------------------------------------
+
+    def _write_context(
+        self, record: sync_state.SyncRunRecord, table: str, validator: Validator
+    ) -> WriteContext:
+        return WriteContext(
+            sync=self.sync,
+            run_id=record.run_id,
+            rows_table=qualified(rows_table(table)),
+            all_keys_select=validator.all_keys_select(),
+            written_fields=validator.written_fields(),
+            full_sync=record.full_sync,
+            run_started=record.next_watermark or datetime.now(UTC),
+            matcher=self.matcher,
+        )
+
+    def write(self, table: str) -> SyncOutcome:
+        """Merge the typed rows into the store and move the watermark, in one transaction."""
+        started = time.monotonic()
+        with self.store.begin() as conn:
+            record = self._run_for(conn, table)
+        validator = self._validator(record, table)
+        try:
+            with self.store.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+                counts = WRITERS[self.destination.kind](conn, self._write_context(record, table, validator))
+                all_counts = self._counts(record, counts)
+                durations = {
+                    "query": record.counts.get("duration_query_s", 0.0),
+                    "validate": record.counts.get("duration_validate_s", 0.0),
+                    "write": round(time.monotonic() - started, 3),
+                }
+                sync_state.set_watermark(conn, self.sync.name, record.next_watermark, record.run_id)
+                sync_state.finish_run(
+                    conn, record.run_id, "success", {**all_counts, "duration_write_s": durations["write"]}
+                )
+                preview = sync_state.rejection_preview(
+                    conn, self.sync.name, record.run_id, PREVIEW_REJECTED_ROWS
+                )
+        except Exception as exc:
+            self._fail(record.run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        with self.store.begin() as conn:
+            drop_staging_tables(conn, table)
+        return SyncOutcome(
+            sync_name=self.sync.name,
+            run_id=record.run_id,
+            counts=all_counts,
+            watermark_used=record.watermark_used or EPOCH,
+            next_watermark=record.next_watermark,
+            full_sync=record.full_sync,
+            durations=durations,
+            rejected_preview=preview,
+        )
+
+    def _counts(self, record: sync_state.SyncRunRecord, counts: WriteCounts) -> dict[str, int]:
+        base = {"queried": record.counts.get("queried", 0), **counts.as_dict()}
+        base["rejected"] = record.counts.get("rejected", 0)
+        order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
+        return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
+
+    def _fail(self, run_id: str, error: str) -> None:
+        with self.store.begin() as conn:
+            sync_state.finish_run(conn, run_id, "failed", {}, error=error)
+
+    # --- whole runs -------------------------------------------------------------------------------------
+
+    def run(self, run_id: str | None = None) -> SyncOutcome:
+        """All three steps in this process (the CLI's `run`)."""
+        run_id = run_id or f"cli-{uuid.uuid4()}"
+        table = self.query(run_id)
+        self.validate(table)
+        return self.write(table)
+
+    def preview(self, limit: int = 20, run_id: str | None = None) -> PreviewResult:
+        """Dry run: what would be added, changed, removed and rejected. Writes nothing lasting."""
+        run_id = run_id or f"preview-{uuid.uuid4()}"
+        table = self.query(run_id)
+        try:
+            with self.store.engine().connect() as conn, conn.begin() as transaction:
+                record = self._run_for(conn, table)
+                validator = self._validator(record, table)
+                conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+                validation = validator.run(conn, record.counts.get("queried", 0))
+                rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
+                ctx = self._write_context(record, table, validator)
+                diff = row_diff(conn, ctx, self.destination.kind, limit)
+                counts = WRITERS[self.destination.kind](conn, ctx)
+                transaction.rollback()
+        finally:
+            with self.store.begin() as conn:
+                drop_staging_tables(conn, table)
+                conn.exec_driver_sql("DELETE FROM sync_runs WHERE run_id = %s", (run_id,))
+        all_counts = {"queried": validation.queried, **counts.as_dict(), "rejected": validation.rejected}
+        return PreviewResult(self.sync.name, record.watermark_used or EPOCH, all_counts, diff, rejected)
+
+
+@dataclass
+class PreviewResult:
+    sync_name: str
+    watermark_used: datetime
+    counts: dict[str, int]
+    diff: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+
+    def describe_watermark(self) -> str:
+        return format_timestamp(self.watermark_used)
+
+
+def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> list[dict[str, Any]]:
+    """Per-row diff for a dry run: action and, for changed rows, each field's stored and new value."""
+    params = {"sync": ctx.sync.name, "limit": limit}
+    if kind == "events":
+        rows = conn.exec_driver_sql(
+            f"""SELECT r.message_id AS key, CASE WHEN e.id IS NULL THEN 'add' ELSE 'unchanged' END AS action,
+                       jsonb_build_object('email', r.email, 'event_name', r.event_name, 'timestamp', r.event_ts,
+                                          'properties', r.properties) AS new, NULL::jsonb AS old
+            FROM {ctx.rows_table} r LEFT JOIN events e ON e.message_id = r.message_id
+            ORDER BY (e.id IS NULL) DESC, r.row_number LIMIT %(limit)s""",
+            params,
+        ).mappings()
+        return [dict(r) for r in rows]
+    if kind == "contacts":
+        old = """(SELECT to_jsonb(c) - 'id' - 'field_updated_at' - 'custom_fields' - 'created_at' - 'updated_at'
+                  || c.custom_fields FROM contacts c WHERE c.email_normalized = r.email_norm
+                  ORDER BY c.updated_at DESC LIMIT 1)"""
+        key = "r.email"
+    else:
+        old = f"""(SELECT o.fields FROM custom_objects o
+                   WHERE o.object_type = '{ctx.sync.destination.object_type}' AND o.object_id = r.object_id)"""
+        key = "r.object_id || coalesce(' / ' || r.email, '')"
+    rows = conn.exec_driver_sql(
+        f"""SELECT {key} AS key,
+                   CASE WHEN f.fingerprint IS NULL THEN 'add' WHEN f.fingerprint <> r.fingerprint THEN 'change'
+                        ELSE 'unchanged' END AS action,
+                   r.fields AS new, {old} AS old
+            FROM {ctx.rows_table} r
+            LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
+            ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",
+        params,
+    ).mappings()
+    out = []
+    for row in rows:
+        entry = {"key": row["key"], "action": row["action"]}
+        new, old_values = row["new"] or {}, row["old"] or {}
+        if row["action"] == "change":
+            entry["fields"] = {k: [old_values.get(k), v] for k, v in new.items() if old_values.get(k) != v}
+        elif row["action"] == "add":
+            entry["fields"] = new
+        out.append(entry)
+    return out

@@ -1,0 +1,445 @@
+"""Set-based validation of a staged run: whole-run column checks, row rejections, typed rows, duplicates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from conversion_sync.store.staging import BAD_TEXT, ROW_NUMBER, qualified
+from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
+
+_UNIT_SEPARATOR = "chr(31)"
+_JSON_PAIRS_PER_CALL = 40  # jsonb_build_object takes at most 100 arguments
+
+
+class WholeRunError(Exception):
+    """The run cannot proceed at all; nothing is written. The message names what and where."""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Source columns matched to destination fields (case-insensitively), with their staged names."""
+
+    fields: dict[str, str]
+    """destination field name → staged column (c0, c1, …)."""
+    source_names: dict[str, str]
+    """destination field name → the column name as the query spelled it."""
+    properties: dict[str, str]
+    """events only: extra columns → staged column, merged into the event's properties."""
+
+    def staged(self, name: str) -> str | None:
+        column = self.fields.get(name)
+        return f"s.{column}" if column else None
+
+
+def map_columns(source_names: list[str], destination: DestinationFields, sync_name: str) -> ColumnMap:
+    """Match the query's columns to the destination; raise WholeRunError for missing or unknown columns."""
+    lowered: dict[str, str] = {}
+    for name in source_names:
+        key = name.lower()
+        if key in lowered:
+            raise WholeRunError(
+                f"sync '{sync_name}': the query returns column '{name}' twice ('{lowered[key]}')"
+            )
+        lowered[key] = name
+    missing = [r for r in destination.required if r not in lowered]
+    if missing:
+        raise WholeRunError(
+            f"sync '{sync_name}': required column {', '.join(repr(m) for m in missing)} missing from the query "
+            f"result (columns: {', '.join(source_names) or 'none'})"
+        )
+    known = {k.lower(): k for k in destination.known()}
+    fields, spelled, properties = {}, {}, {}
+    unknown = []
+    for index, name in enumerate(source_names):
+        key = name.lower()
+        if key in known:
+            field = known[key]
+            fields[field] = f"c{index}"
+            spelled[field] = name
+        elif destination.extra_columns_are_properties:
+            properties[name] = f"c{index}"
+        else:
+            unknown.append(name)
+    if unknown:
+        display = [
+            RELATIONSHIP_FIELDS if k == RELATIONSHIP_FIELDS.lower() else k for k in destination.known()
+        ]
+        raise WholeRunError(
+            f"sync '{sync_name}': column {', '.join(repr(u) for u in unknown)} is not a field of {destination.kind}"
+            f"; known fields: {', '.join(display)}"
+        )
+    return ColumnMap(fields=fields, source_names=spelled, properties=properties)
+
+
+# --- per-type rules: when a value is missing / invalid, and its typed SQL value ---------------------------
+
+
+def _nv(v: str) -> str:
+    return f"NULLIF(btrim({v}), '')"
+
+
+def _shown(v: str) -> str:
+    return f"quote_literal(left({v}, 80))"
+
+
+_EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
+_INTEGER_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
+_NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+_DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]00:00(:00(\.0+)?)?)?(Z|[+-]00(:?00)?)?$"
+_DATETIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?|UTC)?$"
+_TRUE = "('true', 't', 'yes', 'y', '1')"
+_BOOLEAN = "('true', 't', 'yes', 'y', '1', 'false', 'f', 'no', 'n', '0')"
+
+
+def _email_invalid(v: str) -> str:
+    return f"({_nv(v)} !~ '{_EMAIL_RE}' OR length({_nv(v)}) > 254 OR {v} ~ '[[:cntrl:]]')"
+
+
+def _datetime_invalid(v: str) -> str:
+    return f"({_nv(v)} !~ '{_DATETIME_RE}' OR NOT conversion_is_timestamptz({_nv(v)}))"
+
+
+def _json_object_invalid(v: str) -> str:
+    return (
+        f"(NOT conversion_is_jsonb({_nv(v)}) OR "
+        f"CASE WHEN conversion_is_jsonb({_nv(v)}) THEN jsonb_typeof({_nv(v)}::jsonb) <> 'object' END)"
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    required: bool
+    invalid: str | None
+    """SQL that is true when a present value is invalid."""
+    value: str
+    """SQL for the typed value."""
+    message: str
+    """SQL text expression for the invalid_field_value message."""
+
+
+def rule_for(field_type: str, v: str, label: str) -> Rule:
+    """The validation rule for one staged column `v` of the given field type."""
+    lit = "'" + label.replace("'", "''") + "'"
+    n = _nv(v)
+    if field_type == "string":
+        return Rule(False, None, v, "''")
+    if field_type == "integer":
+        return Rule(
+            False,
+            f"{n} !~ '{_INTEGER_RE}'",
+            f"split_part({n}, '.', 1)::bigint",
+            f"{lit} || ': ' || {_shown(v)} || ' is not an integer'",
+        )
+    if field_type == "number":
+        return Rule(
+            False,
+            f"{n} !~ '{_NUMBER_RE}'",
+            f"{n}::numeric",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a number'",
+        )
+    if field_type == "boolean":
+        return Rule(
+            False,
+            f"lower({n}) NOT IN {_BOOLEAN}",
+            f"lower({n}) IN {_TRUE}",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a boolean (true/false)'",
+        )
+    if field_type == "date":
+        return Rule(
+            False,
+            f"({n} !~ '{_DATE_RE}' OR NOT conversion_is_date(left({n}, 10)))",
+            f"left({n}, 10)::date",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a date (YYYY-MM-DD)'",
+        )
+    if field_type in ("datetime", "datetime_required"):
+        return Rule(
+            field_type == "datetime_required",
+            _datetime_invalid(v),
+            f"{n}::timestamptz",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a timestamp (ISO 8601)'",
+        )
+    if field_type == "json":
+        return Rule(
+            False,
+            f"NOT conversion_is_jsonb({n})",
+            f"{n}::jsonb",
+            f"{lit} || ': ' || {_shown(v)} || ' is not valid JSON'",
+        )
+    if field_type == "json_object":
+        return Rule(
+            False,
+            _json_object_invalid(v),
+            f"{n}::jsonb",
+            f"{lit} || ': must be a JSON object, got ' || {_shown(v)}",
+        )
+    if field_type in ("email", "optional_email"):
+        return Rule(
+            field_type == "email",
+            _email_invalid(v),
+            f"btrim({v})",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a valid email address'",
+        )
+    if field_type in ("key", "string_required"):
+        return Rule(True, None, f"btrim({v})", "''")
+    if field_type == "key_optional":
+        return Rule(False, None, n, "''")
+    raise ValueError(f"unknown field type {field_type}")
+
+
+# --- the validation pass -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationResult:
+    queried: int
+    accepted: int
+    rejected: int
+    duplicates: int
+
+
+def rows_table(staging_table: str) -> str:
+    return f"{staging_table}_rows"
+
+
+def _json_object(pairs: list[tuple[str, str]]) -> str:
+    if not pairs:
+        return "'{}'::jsonb"
+    chunks = [pairs[i : i + _JSON_PAIRS_PER_CALL] for i in range(0, len(pairs), _JSON_PAIRS_PER_CALL)]
+    parts = [
+        "jsonb_build_object(" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}', {v}" for k, v in chunk) + ")"
+        for chunk in chunks
+    ]
+    return " || ".join(parts)
+
+
+class Validator:
+    """Builds and runs the validation SQL for one staged run."""
+
+    def __init__(
+        self,
+        *,
+        sync_name: str,
+        run_id: str,
+        staging_table: str,
+        destination: DestinationFields,
+        columns: ColumnMap,
+        source_names: list[str],
+    ) -> None:
+        self.sync_name = sync_name
+        self.run_id = run_id
+        self.stage = qualified(staging_table)
+        self.rows = qualified(rows_table(staging_table))
+        self.destination = destination
+        self.columns = columns
+        self.source_names = source_names
+
+    def _rules(self) -> list[tuple[str, str, Rule]]:
+        """(field, staged column, rule) in the query's column order."""
+        out = []
+        for field, column in self.columns.fields.items():
+            label = self.columns.source_names[field]
+            out.append((field, column, rule_for(self.destination.type_of(field), f"s.{column}", label)))
+        return out
+
+    def row_key_sql(self) -> str:
+        """The key as users read it in rejections."""
+        c = self.columns.staged
+        if self.destination.kind == "contacts":
+            return f"btrim({c('email')})"
+        if self.destination.kind == "custom_objects":
+            email = c("email")
+            return f"btrim({c('id')})" + (f" || coalesce(' / ' || btrim({email}), '')" if email else "")
+        message_id = c("message_id")
+        return f"coalesce({_nv(message_id)}, btrim({c('email')}))" if message_id else f"btrim({c('email')})"
+
+    def all_keys_select(self) -> str:
+        """Every staged row's key, accepted or rejected: a rejected row is not a removed one."""
+        c = self.columns.staged
+        email_norm = f"coalesce(NULLIF(lower(btrim({c('email')})), ''), '')" if c("email") else "''"
+        if self.destination.kind == "custom_objects":
+            key = f"btrim({c('id')}) || {_UNIT_SEPARATOR} || {email_norm}"
+        else:
+            key = email_norm
+        return f"SELECT {key} AS row_key FROM {self.stage} s"
+
+    def written_fields(self) -> list[str]:
+        """Destination fields (not keys or timestamps) the query provides."""
+        special = set(self.destination.special)
+        return [f for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS]
+
+    def _raw_row_json(self) -> str:
+        names = ", ".join("'" + n.replace("'", "''") + "'" for n in self.source_names)
+        values = ", ".join(f"s.c{i}" for i in range(len(self.source_names)))
+        return f"jsonb_object(ARRAY[{names}]::text[], ARRAY[{values}]::text[])"
+
+    def _checks(self) -> list[tuple[str, str, str, str]]:
+        """(column label, condition, code, message SQL) in evaluation order."""
+        checks = [
+            (
+                "s." + BAD_TEXT,
+                f"s.{BAD_TEXT} IS NOT NULL",
+                "invalid_field_value",
+                f"s.{BAD_TEXT} || ': text contains a NUL character'",
+            )
+        ]
+        for field, column, rule in self._rules():
+            label = self.columns.source_names[field]
+            lit = "'" + label.replace("'", "''") + "'"
+            if rule.required:
+                checks.append(
+                    (
+                        lit,
+                        f"{_nv('s.' + column)} IS NULL",
+                        "missing_required_field",
+                        f"{lit} || ' is missing (null or empty)'",
+                    )
+                )
+            if rule.invalid:
+                checks.append(
+                    (
+                        lit,
+                        f"{_nv('s.' + column)} IS NOT NULL AND {rule.invalid}",
+                        "invalid_field_value",
+                        rule.message,
+                    )
+                )
+        for name, column in self.columns.properties.items():
+            del name, column  # extra event columns become properties as text: always valid
+        return checks
+
+    def reject_rows(self, conn: sa.Connection) -> int:
+        """Record the first problem of every bad row in sync_rejections; returns how many rows."""
+        checks = self._checks()
+        values = ",\n".join(
+            f"({i}, {col if not col.startswith('s.') else 'NULL'}, CASE WHEN {cond} THEN '{code}' END, "
+            f"CASE WHEN {cond} THEN {msg} END)"
+            for i, (col, cond, code, msg) in enumerate(checks)
+        )
+        conn.exec_driver_sql(
+            f"""CREATE TEMP TABLE _rejected ON COMMIT DROP AS
+            SELECT s.{ROW_NUMBER} AS row_number, {self.row_key_sql()} AS row_key,
+                   CASE WHEN f.ord = 0 THEN s.{BAD_TEXT} ELSE f.col END AS column_name, f.code, f.message,
+                   {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER}) AS row
+            FROM {self.stage} s
+            CROSS JOIN LATERAL (
+                SELECT ord, col, code, message FROM (VALUES {values}) AS v(ord, col, code, message)
+                WHERE code IS NOT NULL ORDER BY ord LIMIT 1
+            ) f"""
+        )
+        return conn.exec_driver_sql(
+            """INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
+            SELECT %(run_id)s, %(sync)s, row_key, column_name, code, message, row FROM _rejected""",
+            {"run_id": self.run_id, "sync": self.sync_name},
+        ).rowcount
+
+    def _typed_select(self) -> str:
+        c = self.columns.staged
+        rules = {field: rule for field, _, rule in self._rules()}
+        kind = self.destination.kind
+        special = set(self.destination.special)
+
+        def value(field: str) -> str:
+            return rules[field].value if field in rules else "NULL"
+
+        field_pairs = [
+            (f, rules[f].value) for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS
+        ]
+        updated_at = value("updated_at") + "::timestamptz" if "updated_at" in rules else "NULL::timestamptz"
+        email = f"btrim({c('email')})" if c("email") else "NULL::text"
+        email_norm = f"NULLIF(lower(btrim({c('email')})), '')" if c("email") else "NULL::text"
+        fields = _json_object(field_pairs)
+        rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in rules else "NULL::jsonb"
+        object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
+        if kind == "events":
+            props_pairs = [(name, f"s.{col}") for name, col in self.columns.properties.items()]
+            explicit = value("properties") + "::jsonb" if "properties" in rules else "NULL::jsonb"
+            properties = f"coalesce({explicit}, '{{}}'::jsonb) || {_json_object(props_pairs)}"
+            event_ts = value("timestamp")
+            event_name = value("event_name")
+            given = value("message_id")
+            message_id = (
+                f"coalesce({given}, md5(concat_ws({_UNIT_SEPARATOR}, %(sync)s::text, {email_norm}, {event_name}, "
+                f"to_char(({event_ts}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), ({properties})::text)))"
+            )
+            row_key = "message_id"
+        else:
+            properties, event_ts, event_name, message_id = (
+                "NULL::jsonb",
+                "NULL::timestamptz",
+                "NULL::text",
+                "NULL::text",
+            )
+            row_key = (
+                "email_norm"
+                if kind == "contacts"
+                else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
+            )
+        return f"""
+            SELECT *, {row_key} AS row_key,
+                   md5(fields::text || coalesce(rel_fields::text, '') || coalesce(properties::text, '')) AS fingerprint,
+                   NULL::bigint AS contact_id
+            FROM (
+                SELECT s.{ROW_NUMBER} AS row_number, {email} AS email, {email_norm} AS email_norm,
+                       {updated_at} AS updated_at, {fields} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
+                       {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
+                       {message_id} AS message_id, {properties} AS properties
+                FROM {self.stage} s
+                WHERE NOT EXISTS (SELECT 1 FROM _rejected r WHERE r.row_number = s.{ROW_NUMBER})
+            ) typed
+        """
+
+    def build_rows(self, conn: sa.Connection) -> int:
+        """Create the typed rows table from every row not rejected; returns its row count."""
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.rows}")
+        return conn.exec_driver_sql(
+            f"CREATE UNLOGGED TABLE {self.rows} AS {self._typed_select()}",
+            {"run_id": self.run_id, "sync": self.sync_name},
+        ).rowcount
+
+    def reject_duplicates(self, conn: sa.Connection) -> tuple[int, int]:
+        """Rows sharing a key: the later updated_at wins; different values are reported, identical ones merged.
+
+        Returns (reported duplicates, identical rows merged).
+        """
+        conn.exec_driver_sql(
+            f"""CREATE TEMP TABLE _ranked ON COMMIT DROP AS
+            SELECT row_number AS rn, row_key, fingerprint,
+                   first_value(fingerprint) OVER w AS winner_fp, first_value(row_number) OVER w AS winner,
+                   row_number() OVER w AS rank
+            FROM {self.rows} WINDOW w AS (PARTITION BY row_key ORDER BY updated_at DESC NULLS LAST, row_number DESC)"""
+        )
+        conn.exec_driver_sql("DELETE FROM _ranked WHERE rank = 1")
+        reported = conn.exec_driver_sql(
+            f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
+            SELECT %(run_id)s, %(sync)s, d.row_key_display, NULL, 'duplicate_key_in_batch',
+                   'duplicate key ' || quote_literal(d.row_key_display) || ' in this run: row ' || k.winner
+                   || ' has the same key and a later updated_at, so it wins',
+                   r.row
+            FROM _ranked k
+            JOIN LATERAL (SELECT replace(k.row_key, chr(31), ' / ') AS row_key_display) d ON true
+            JOIN LATERAL (
+                SELECT {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER}) AS row
+                FROM {self.stage} s WHERE s.{ROW_NUMBER} = k.rn
+            ) r ON true
+            WHERE k.fingerprint <> k.winner_fp""",
+            {"run_id": self.run_id, "sync": self.sync_name},
+        ).rowcount
+        merged = conn.exec_driver_sql(
+            f"DELETE FROM {self.rows} t USING _ranked k WHERE t.row_number = k.rn"
+        ).rowcount
+        conn.exec_driver_sql("DROP TABLE _ranked")
+        return reported, merged - reported
+
+    def run(self, conn: sa.Connection, queried: int) -> ValidationResult:
+        conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+        rejected = self.reject_rows(conn)
+        self.build_rows(conn)
+        duplicates, _merged = self.reject_duplicates(conn)
+        conn.exec_driver_sql(f"CREATE INDEX ON {self.rows} (row_key)")
+        conn.exec_driver_sql(f"ANALYZE {self.rows}")
+        accepted = conn.exec_driver_sql(f"SELECT count(*) FROM {self.rows}").scalar_one()
+        return ValidationResult(
+            queried=queried, accepted=accepted, rejected=rejected + duplicates, duplicates=duplicates
+        )

@@ -1,0 +1,292 @@
+"""Per-destination writers: plan (added/changed/unchanged/removed) and set-based merge of typed rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from conversion_sync.config.store_schema import STANDARD_CONTACT_FIELDS
+from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store.identity import IdentityMatcher, lock_identities
+
+_STD_ARRAY = "ARRAY[" + ", ".join(f"'{f}'" for f in STANDARD_CONTACT_FIELDS) + "]::text[]"
+
+
+@dataclass
+class WriteCounts:
+    """What a write did (or, in a dry run, would do)."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: int = 0
+    contacts_created: int = 0
+    events_deduplicated: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        data = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return {**data, **self.extra}
+
+
+@dataclass
+class WriteContext:
+    sync: SyncConfig
+    run_id: str
+    rows_table: str
+    """Qualified name of the typed rows table built by validation."""
+    all_keys_select: str
+    """SELECT row_key over every staged row, accepted or rejected (for removals in full syncs)."""
+    written_fields: list[str]
+    """Destination fields the query provides (for clear_fields)."""
+    full_sync: bool
+    run_started: datetime
+    matcher: IdentityMatcher
+
+
+def _params(ctx: WriteContext) -> dict[str, object]:
+    return {"sync": ctx.sync.name, "run_id": ctx.run_id, "started": ctx.run_started}
+
+
+def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, int]:
+    """Create _writes: rows whose fingerprint is new or different. Returns (rows, rows to write)."""
+    conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
+        SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts,
+               CASE WHEN f.fingerprint IS NULL THEN 'added' ELSE 'changed' END AS action,
+               NULL::text AS outcome, false AS skip
+        FROM {ctx.rows_table} r
+        LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
+        WHERE f.fingerprint IS DISTINCT FROM r.fingerprint""",
+        _params(ctx),
+    )
+    conn.exec_driver_sql("ANALYZE _writes")
+    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table}").scalar_one()
+    writes = conn.exec_driver_sql("SELECT count(*) FROM _writes").scalar_one()
+    return total, writes
+
+
+def _count_actions(conn: sa.Connection, counts: WriteCounts, total: int) -> None:
+    row = conn.exec_driver_sql(
+        """SELECT count(*) FILTER (WHERE action = 'added' AND NOT skip),
+                  count(*) FILTER (WHERE action = 'changed' AND NOT skip),
+                  count(*) FILTER (WHERE skip), count(*) FROM _writes"""
+    ).one()
+    counts.added, counts.changed, counts.skipped = row[0], row[1], row[2]
+    counts.unchanged = total - row[3]
+
+
+def _save_fingerprints(conn: sa.Connection, ctx: WriteContext) -> None:
+    conn.exec_driver_sql(
+        """INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint, run_id)
+        SELECT %(sync)s, row_key, fingerprint, %(run_id)s FROM _writes WHERE NOT skip
+        ON CONFLICT (sync_name, row_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, run_id = EXCLUDED.run_id""",
+        _params(ctx),
+    )
+
+
+def _plan_removed(conn: sa.Connection, ctx: WriteContext) -> int:
+    """Create _removed: keys this sync wrote before that the full query no longer returns."""
+    conn.exec_driver_sql("CREATE TEMP TABLE _removed (row_key text) ON COMMIT DROP")
+    if not ctx.full_sync:
+        return 0
+    return conn.exec_driver_sql(
+        f"""INSERT INTO _removed SELECT f.row_key FROM sync_fingerprints f
+        WHERE f.sync_name = %(sync)s AND NOT EXISTS (
+            SELECT 1 FROM ({ctx.all_keys_select}) k WHERE k.row_key = f.row_key)""",
+        _params(ctx),
+    ).rowcount
+
+
+def _forget_removed(conn: sa.Connection, ctx: WriteContext) -> None:
+    conn.exec_driver_sql(
+        "DELETE FROM sync_fingerprints f USING _removed r WHERE f.sync_name = %(sync)s AND f.row_key = r.row_key",
+        _params(ctx),
+    )
+
+
+# --- contacts --------------------------------------------------------------------------------------------
+
+
+def _field_is_newer(field_sql: str) -> str:
+    return f"w.ts >= coalesce((c.field_updated_at ->> {field_sql})::timestamptz, '-infinity')"
+
+
+def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
+    counts = WriteCounts()
+    lock_identities(conn)
+    total, _ = _plan_changes(conn, ctx)
+    mode = ctx.sync.mode
+    identity = ctx.matcher.resolve_table(
+        conn, "_writes", email_column="email", outcome_column="outcome", create=mode != "update"
+    )
+    counts.contacts_created = identity.created
+    if mode == "update":
+        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
+    elif mode == "insert":
+        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE outcome IS DISTINCT FROM 'created'")
+    _count_actions(conn, counts, total)
+    std = [f for f in STANDARD_CONTACT_FIELDS if f in ctx.written_fields]
+    sets = [
+        f"{f} = CASE WHEN w.fields ? '{f}' AND {_field_is_newer(repr(f))} THEN w.fields ->> '{f}' ELSE c.{f} END"
+        for f in std
+    ]
+    sets += [
+        f"""custom_fields = c.custom_fields || coalesce((
+            SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(w.fields - {_STD_ARRAY}) e
+            WHERE {_field_is_newer("e.key")}), '{{}}'::jsonb)""",
+        f"""field_updated_at = c.field_updated_at || coalesce((
+            SELECT jsonb_object_agg(e.key, to_jsonb(w.ts)) FROM jsonb_each(w.fields) e
+            WHERE {_field_is_newer("e.key")}), '{{}}'::jsonb)""",
+        "email = coalesce(c.email, w.email)",
+        "updated_at = now()",
+    ]
+    conn.exec_driver_sql(
+        f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w WHERE c.id = w.contact_id AND NOT w.skip"
+    )
+    _save_fingerprints(conn, ctx)
+    counts.removed = _plan_removed(conn, ctx)
+    if counts.removed and ctx.sync.delete_behavior != "do_nothing":
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE _removed_contacts (email text, contact_id bigint) ON COMMIT DROP;"
+            "INSERT INTO _removed_contacts (email) SELECT row_key FROM _removed"
+        )
+        ctx.matcher.resolve_table(conn, "_removed_contacts", email_column="email", create=False)
+        if ctx.sync.delete_behavior == "delete":
+            conn.exec_driver_sql("DELETE FROM contacts c USING _removed_contacts r WHERE c.id = r.contact_id")
+        else:
+            custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
+            clears = [f"{f} = NULL" for f in std]
+            array = "ARRAY[" + ", ".join(f"'{f}'" for f in custom) + "]::text[]"
+            clears += [f"custom_fields = c.custom_fields - {array}", "updated_at = now()"]
+            conn.exec_driver_sql(
+                f"UPDATE contacts c SET {', '.join(clears)} FROM _removed_contacts r WHERE c.id = r.contact_id"
+            )
+    _forget_removed(conn, ctx)
+    return counts
+
+
+# --- custom objects --------------------------------------------------------------------------------------
+
+
+def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
+    counts = WriteCounts()
+    object_type = ctx.sync.destination.object_type
+    params = {**_params(ctx), "object_type": object_type}
+    lock_identities(conn)
+    total, _ = _plan_changes(conn, ctx)
+    mode = ctx.sync.mode
+    if mode in ("update", "insert"):
+        exists = "EXISTS" if mode == "update" else "NOT EXISTS"
+        conn.exec_driver_sql(
+            f"""UPDATE _writes w SET skip = true WHERE NOT {exists} (
+                SELECT 1 FROM custom_objects o WHERE o.object_type = %(object_type)s AND o.object_id = w.object_id)""",
+            params,
+        )
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE _related ON COMMIT DROP AS SELECT DISTINCT email, email_norm, NULL::bigint AS contact_id "
+        "FROM _writes WHERE NOT skip AND email_norm IS NOT NULL"
+    )
+    identity = ctx.matcher.resolve_table(conn, "_related", email_column="email", create=mode != "update")
+    counts.contacts_created = identity.created
+    conn.exec_driver_sql(
+        "UPDATE _writes w SET contact_id = r.contact_id FROM _related r WHERE r.email_norm = w.email_norm"
+    )
+    _count_actions(conn, counts, total)
+    # The object's fields come from its latest row among all rows of the run, changed or not.
+    conn.exec_driver_sql(
+        f"""INSERT INTO custom_objects (object_type, object_id, fields)
+        SELECT DISTINCT ON (r.object_id) %(object_type)s, r.object_id, r.fields
+        FROM {ctx.rows_table} r WHERE r.object_id IN (SELECT object_id FROM _writes WHERE NOT skip)
+        ORDER BY r.object_id, r.updated_at DESC NULLS LAST, r.row_number DESC
+        ON CONFLICT (object_type, object_id) DO UPDATE
+        SET fields = custom_objects.fields || EXCLUDED.fields, updated_at = now()""",
+        params,
+    )
+    conn.exec_driver_sql(
+        """INSERT INTO object_relationships (object_type, object_id, contact_id, fields)
+        SELECT DISTINCT ON (object_id, contact_id) %(object_type)s, object_id, contact_id, coalesce(rel_fields, '{}')
+        FROM _writes WHERE NOT skip AND contact_id IS NOT NULL
+        ORDER BY object_id, contact_id, updated_at DESC NULLS LAST, row_number DESC
+        ON CONFLICT (object_type, object_id, contact_id) DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
+        params,
+    )
+    _save_fingerprints(conn, ctx)
+    counts.removed = _plan_removed(conn, ctx)
+    if counts.removed and ctx.sync.delete_behavior != "do_nothing":
+        _remove_objects(conn, ctx, params)
+    _forget_removed(conn, ctx)
+    return counts
+
+
+def _remove_objects(conn: sa.Connection, ctx: WriteContext, params: dict[str, object]) -> None:
+    """Apply delete_behavior to relationships and objects the full query no longer returns."""
+    conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE _removed_pairs ON COMMIT DROP AS
+        SELECT split_part(row_key, chr(31), 1) AS object_id, NULLIF(split_part(row_key, chr(31), 2), '') AS email,
+               NULL::bigint AS contact_id,
+               NOT EXISTS (SELECT 1 FROM ({ctx.all_keys_select}) k
+                           WHERE split_part(k.row_key, chr(31), 1) = split_part(r.row_key, chr(31), 1)) AS object_gone
+        FROM _removed r""",
+        params,
+    )
+    ctx.matcher.resolve_table(conn, "_removed_pairs", email_column="email", create=False)
+    if ctx.sync.delete_behavior == "delete":
+        conn.exec_driver_sql(
+            """DELETE FROM object_relationships o USING _removed_pairs p
+            WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND o.contact_id = p.contact_id""",
+            params,
+        )
+        conn.exec_driver_sql(
+            """DELETE FROM custom_objects o USING _removed_pairs p
+            WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND p.object_gone""",
+            params,
+        )
+    else:
+        array = "ARRAY[" + ", ".join(f"'{f}'" for f in ctx.written_fields) + "]::text[]"
+        conn.exec_driver_sql(
+            """UPDATE object_relationships o SET fields = '{}'::jsonb, updated_at = now() FROM _removed_pairs p
+            WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND o.contact_id = p.contact_id""",
+            params,
+        )
+        conn.exec_driver_sql(
+            f"""UPDATE custom_objects o SET fields = o.fields - {array}, updated_at = now() FROM _removed_pairs p
+            WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND p.object_gone""",
+            params,
+        )
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+
+def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
+    counts = WriteCounts()
+    lock_identities(conn)
+    conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
+        SELECT r.*, false AS skip FROM {ctx.rows_table} r
+        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = r.message_id)"""
+    )
+    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table}").scalar_one()
+    writes = conn.exec_driver_sql("SELECT count(*) FROM _writes").scalar_one()
+    create = ctx.sync.mode != "update"
+    identity = ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=create)
+    counts.contacts_created = identity.created
+    conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
+    inserted = conn.exec_driver_sql(
+        """INSERT INTO events (message_id, contact_id, event_name, timestamp, properties, sync_name)
+        SELECT message_id, contact_id, event_name, event_ts, properties, %(sync)s FROM _writes WHERE NOT skip
+        ON CONFLICT (message_id) DO NOTHING""",
+        _params(ctx),
+    ).rowcount
+    counts.skipped = conn.exec_driver_sql("SELECT count(*) FROM _writes WHERE skip").scalar_one()
+    counts.added = inserted
+    counts.events_deduplicated = (total - writes) + (writes - counts.skipped - inserted)
+    counts.unchanged = counts.events_deduplicated
+    return counts
+
+
+WRITERS = {"contacts": write_contacts, "custom_objects": write_custom_objects, "events": write_events}
