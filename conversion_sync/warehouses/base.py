@@ -1,0 +1,188 @@
+"""The one warehouse interface: stream a query's result as bounded Arrow record batches."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import ClassVar, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from conversion_sync.config.secrets import MissingEnvironmentVariable, Setting, resolve_setting
+
+DEFAULT_BATCH_ROWS = 50_000
+"""Rows per record batch unless the caller asks otherwise."""
+
+_REDACTED = "***"
+
+
+class WarehouseError(Exception):
+    """A warehouse could not be reached or could not answer a query; the message is safe to show."""
+
+
+class WarehouseConnectionError(WarehouseError):
+    """Connecting failed: bad settings, unreachable host, refused credentials, missing environment variable."""
+
+
+class WarehouseQueryError(WarehouseError):
+    """The warehouse rejected the query or failed while its result was being read."""
+
+
+class Warehouse(abc.ABC):
+    """A named warehouse connection that streams query results as Arrow record batches.
+
+    Instances are opened lazily (the first `stream` connects) and keep one connection until
+    `close()`. They are not thread-safe: use one per thread, and finish (or `.close()`) one stream
+    before starting the next. Errors are `WarehouseConnectionError` or `WarehouseQueryError`, whose
+    messages name the warehouse and never contain a resolved secret (driver exceptions are not chained).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._secrets: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @abc.abstractmethod
+    def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Run `sql` and yield its result as record batches of at most `batch_rows` rows.
+
+        Nothing runs until the first batch is requested. Memory stays flat whatever the result size.
+        At least one batch is yielded: an empty result gives one empty batch that carries the schema.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection, if one is open. Safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers for adapters ------------------------------------------------------------------------
+
+    @property
+    def _label(self) -> str:
+        return f"warehouse '{self.name}' ({self.kind})"
+
+    def _resolve(self, value: Setting | None, *, secret: bool = False) -> str | None:
+        """Resolve a literal or `{env: VAR}` setting; a missing variable is a connection error."""
+        try:
+            resolved = resolve_setting(value, self._label)
+        except MissingEnvironmentVariable as exc:
+            raise WarehouseConnectionError(str(exc)) from None
+        if secret and resolved:
+            self._add_secret(resolved)
+        return resolved
+
+    def _add_secret(self, *values: str | None) -> None:
+        """Remember values that must never appear in an error message."""
+        for value in values:
+            if value and value not in self._secrets:
+                self._secrets.append(value)
+        self._secrets.sort(key=len, reverse=True)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def _cause(self, cause: BaseException | str) -> str:
+        text = str(cause).strip() or type(cause).__name__
+        return self._scrub(text)
+
+    def _connection_error(self, cause: BaseException | str) -> WarehouseConnectionError:
+        """Build (not raise) the error; raise it `from None` so the driver's message is not chained."""
+        return WarehouseConnectionError(f"{self._label}: connection failed: {self._cause(cause)}")
+
+    def _query_error(self, cause: BaseException | str) -> WarehouseQueryError:
+        """Build (not raise) the error; raise it `from None` so the driver's message is not chained."""
+        return WarehouseQueryError(f"{self._label}: query failed: {self._cause(cause)}")
+
+
+def check_batch_rows(batch_rows: int) -> int:
+    """Reject a batch size that could not bound memory."""
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    return batch_rows
+
+
+def bounded_batches(
+    chunks: Iterable[pa.RecordBatch | pa.Table], batch_rows: int, schema: pa.Schema | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Re-slice driver chunks into record batches of at most `batch_rows` rows (zero-copy).
+
+    Empty chunks are skipped; if nothing is left, one empty batch with the result's schema is yielded
+    (from `schema`, or from the last empty chunk seen) so callers always learn the columns.
+    """
+    empty_schema = schema
+    seen_rows = False
+    for chunk in chunks:
+        if chunk.num_rows == 0:
+            empty_schema = empty_schema or chunk.schema
+            continue
+        seen_rows = True
+        batches = chunk.to_batches(max_chunksize=batch_rows) if isinstance(chunk, pa.Table) else [chunk]
+        for batch in batches:
+            for offset in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(offset, batch_rows)
+    if not seen_rows and empty_schema is not None:
+        yield pa.RecordBatch.from_pylist([], schema=empty_schema)
+
+
+def plain_arrow_types(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Replace Arrow extension columns (JSON, UUID, opaque driver types) with plain types.
+
+    JSON and opaque types become their storage (text); UUID becomes its canonical text form.
+    Field metadata is kept. Batches without extension columns are returned unchanged.
+    """
+    if not any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):
+        return batch
+    fields = []
+    columns = []
+    for f, column in zip(batch.schema, batch.columns, strict=True):
+        if isinstance(f.type, pa.BaseExtensionType):
+            column = _uuid_text(column.storage) if _is_uuid(f.type) else column.storage
+            f = pa.field(f.name, column.type, f.nullable, f.metadata)
+        fields.append(f)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, batch.schema.metadata))
+
+
+def _is_uuid(type_: pa.DataType) -> bool:
+    return getattr(type_, "extension_name", "") == "arrow.uuid" and type_.storage_type == pa.binary(16)
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_DASHES_AFTER = (4, 6, 8, 10)
+
+
+def _uuid_text(storage: pa.FixedSizeBinaryArray) -> pa.StringArray:
+    """16-byte UUIDs → 'xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx', vectorised, nulls kept."""
+    n = len(storage)
+    data = storage.buffers()[1]
+    raw = np.frombuffer(data, dtype=np.uint8)[storage.offset * 16 : (storage.offset + n) * 16].reshape(n, 16)
+    hexed = np.empty((n, 32), dtype=np.uint8)
+    hexed[:, 0::2] = _HEX[raw >> 4]
+    hexed[:, 1::2] = _HEX[raw & 0x0F]
+    parts = np.split(hexed, [2 * i for i in _DASHES_AFTER], axis=1)
+    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
+    text = np.concatenate([p for part in parts for p in (part, dash)][:-1], axis=1)
+    offsets = pa.array(np.arange(0, 36 * (n + 1), 36, dtype=np.int32))
+    result = pa.StringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(text.tobytes()))
+    if storage.null_count:
+        result = pc.if_else(pc.is_valid(storage), result, pa.scalar(None, pa.string()))
+    return result

@@ -1,0 +1,74 @@
+"""DuckDB warehouse: a database file opened read-only, streamed through a DuckDB Arrow reader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import pyarrow as pa
+
+from conversion_sync.config.warehouses import DuckDBWarehouseConfig
+from conversion_sync.warehouses.base import (
+    DEFAULT_BATCH_ROWS,
+    Warehouse,
+    WarehouseError,
+    bounded_batches,
+    check_batch_rows,
+    plain_arrow_types,
+)
+
+_IN_MEMORY = ("", ":memory:")
+
+
+class DuckDBWarehouse(Warehouse):
+    """A DuckDB database file (path relative to the current directory, or absolute).
+
+    Read-only: the file is opened with `read_only=True`, so DELETE, UPDATE, INSERT and DDL fail
+    and change nothing. An in-memory database (`:memory:`) cannot be opened read-only and holds
+    no data to sync unless the query reads files itself.
+    """
+
+    kind = "duckdb"
+
+    def __init__(self, name: str, config: DuckDBWarehouseConfig) -> None:
+        super().__init__(name)
+        self.path = config.path
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            in_memory = self.path in _IN_MEMORY or self.path.startswith(":memory:")
+            try:
+                self._con = duckdb.connect(self.path, read_only=not in_memory)
+            except Exception as exc:
+                raise self._connection_error(exc) from None
+        return self._con
+
+    def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        return self._batches(sql, check_batch_rows(batch_rows))
+
+    def _batches(self, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        con = self._connect()
+        try:
+            relation = con.sql(sql)
+            if relation is None:
+                raise self._query_error("the statement returns no result set; a sync query must be a SELECT")
+            reader = _arrow_reader(relation, batch_rows)
+            with reader:
+                for batch in bounded_batches(reader, batch_rows, reader.schema):
+                    yield plain_arrow_types(batch)
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise self._query_error(exc) from None
+
+    def close(self) -> None:
+        if self._con is not None:
+            con, self._con = self._con, None
+            con.close()
+
+
+def _arrow_reader(relation: duckdb.DuckDBPyRelation, batch_rows: int) -> pa.RecordBatchReader:
+    """A streaming Arrow reader over the relation (DuckDB 2 names it to_arrow_reader, 1.x fetch_arrow_reader)."""
+    to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+    return to_reader(batch_rows)

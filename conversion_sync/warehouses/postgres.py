@@ -1,0 +1,191 @@
+"""Postgres warehouse: ADBC (binary COPY) streaming inside a READ ONLY transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import adbc_driver_postgresql.dbapi
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg.conninfo import conninfo_to_dict
+
+from conversion_sync.config.warehouses import PostgresWarehouseConfig
+from conversion_sync.warehouses.base import (
+    DEFAULT_BATCH_ROWS,
+    Warehouse,
+    WarehouseError,
+    bounded_batches,
+    check_batch_rows,
+    plain_arrow_types,
+)
+
+_TYPNAME = b"ADBC:postgresql:typname"
+_TYPMOD = b"POSTGRESQL:typmod"
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*?:([^/?#@]*)@")
+_PARAM_PASSWORD = re.compile(r"(?:[?&\s]|^)password\s*=\s*'?([^&\s']+)")
+_ADBC_PREFIX = re.compile(
+    r"^(?:[A-Z_]+: )?(?:\[libpq\] )?"
+    r"(?:Failed to (?:connect|prepare query|execute query(?: '.*?')?)(?:: could not begin COPY)?: )?",
+    re.DOTALL,
+)
+_SQLSTATE = re.compile(r"SQLSTATE: (\w{5})")
+_CONTEXT_LINE = re.compile(r"^\s*(?:LINE \d+:.*|\^+)\s*$")
+
+
+class PostgresWarehouse(Warehouse):
+    """A Postgres database reached by a libpq URL (`postgresql://user:password@host:port/db?...`).
+
+    Streaming uses ADBC, which runs the query as a binary `COPY (...) TO STDOUT` and decodes it in C
+    straight into Arrow (about 4x faster than a psycopg named cursor building batches in Python,
+    with the same flat memory). Batches are re-sliced to `batch_rows`.
+
+    Read-only: the session default is `READ ONLY` and every query runs in a transaction started with
+    `SET TRANSACTION READ ONLY` that is rolled back afterwards, so DELETE/UPDATE/INSERT/DDL (also in a
+    data-modifying CTE) fail and change nothing. ADBC prepares each query, so a second statement
+    after a `;` is rejected.
+
+    Types: `timestamptz` → timestamp[us, UTC]; `numeric(p,s)` with p ≤ 38 → decimal128(p, s);
+    unconstrained `numeric` → string (lossless); `json`/`jsonb` → string; `uuid` → string.
+    """
+
+    kind = "postgres"
+
+    def __init__(self, name: str, config: PostgresWarehouseConfig) -> None:
+        super().__init__(name)
+        self._url_setting = config.url
+        self._conn: adbc_driver_postgresql.dbapi.Connection | None = None
+
+    def _connect(self) -> adbc_driver_postgresql.dbapi.Connection:
+        if self._conn is None:
+            url = self._resolve(self._url_setting) or ""
+            self._add_secret(*_url_passwords(url))
+            try:
+                conn = adbc_driver_postgresql.dbapi.connect(url)
+            except Exception as exc:
+                raise self._connection_error(_driver_message(exc)) from None
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                conn.commit()
+            except Exception as exc:
+                _close_quietly(conn)
+                raise self._connection_error(_driver_message(exc)) from None
+            self._conn = conn
+        return self._conn
+
+    def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        return self._batches(sql, check_batch_rows(batch_rows))
+
+    def _batches(self, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(sql)
+                if not cur.description:
+                    raise self._query_error(
+                        "the statement returns no result set; a sync query must be a SELECT"
+                    )
+                with cur.fetch_record_batch() as reader:
+                    convert = _converter(reader.schema)
+                    for batch in bounded_batches(reader, batch_rows, reader.schema):
+                        yield self._convert(convert, batch)
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise self._query_error(_driver_message(exc)) from None
+        finally:
+            self._end_transaction()
+
+    def _convert(self, convert: dict[int, pa.DataType], batch: pa.RecordBatch) -> pa.RecordBatch:
+        if convert:
+            columns = list(batch.columns)
+            fields = list(batch.schema)
+            for i, type_ in convert.items():
+                try:
+                    columns[i] = pc.cast(columns[i].storage, type_)
+                except pa.ArrowException as exc:
+                    raise self._query_error(
+                        f"column {fields[i].name!r} (numeric) cannot be read as {type_}: {exc}"
+                    ) from None
+                fields[i] = pa.field(fields[i].name, type_, fields[i].nullable, fields[i].metadata)
+            batch = pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, batch.schema.metadata))
+        return plain_arrow_types(batch)
+
+    def _end_transaction(self) -> None:
+        """Roll back the read-only transaction; a connection that cannot do that is dropped."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.rollback()
+        except Exception:
+            conn, self._conn = self._conn, None
+            _close_quietly(conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            _close_quietly(conn)
+
+
+def _converter(schema: pa.Schema) -> dict[int, pa.DataType]:
+    """Column index → decimal type for `numeric(p,s)` columns ADBC hands over as opaque text."""
+    convert: dict[int, pa.DataType] = {}
+    for i, f in enumerate(schema):
+        metadata = f.metadata or {}
+        if metadata.get(_TYPNAME) != b"numeric" or not isinstance(f.type, pa.BaseExtensionType):
+            continue
+        decimal = _numeric_decimal(int(metadata.get(_TYPMOD, b"-1")))
+        if decimal is not None:
+            convert[i] = decimal
+    return convert
+
+
+def _numeric_decimal(typmod: int) -> pa.DataType | None:
+    """Postgres numeric typmod → decimal128(p, s), or None (unconstrained or too wide: keep text)."""
+    if typmod < 4:
+        return None
+    precision = ((typmod - 4) >> 16) & 0xFFFF
+    scale = (typmod - 4) & 0xFFFF
+    if not 1 <= precision <= 38 or scale > precision:
+        return None
+    return pa.decimal128(precision, scale)
+
+
+def _url_passwords(url: str) -> list[str]:
+    """Every form of the password in a libpq URL or key=value string, to scrub from messages."""
+    found: list[str] = []
+    try:
+        password = conninfo_to_dict(url).get("password")
+        if password:
+            found.append(str(password))
+    except Exception:
+        pass
+    for pattern in (_URL_PASSWORD, _PARAM_PASSWORD):
+        found.extend(m.group(1) for m in pattern.finditer(url) if m.group(1))
+    forms = []
+    for value in found:
+        forms += [value, urllib.parse.unquote(value), urllib.parse.quote(value, safe="")]
+    return [f for f in dict.fromkeys(forms) if f]
+
+
+def _driver_message(exc: BaseException) -> str:
+    """ADBC/libpq's message without the driver prefix, the internal COPY wrapper and caret lines."""
+    text = str(exc).strip()
+    sqlstate = _SQLSTATE.search(text)
+    text = _ADBC_PREFIX.sub("", text.split("Query was:")[0].split(". SQLSTATE:")[0], count=1)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _CONTEXT_LINE.match(line)]
+    message = " ".join(line if line[-1] in ".:;!?" else f"{line}." for line in lines[:-1])
+    message = f"{message} {lines[-1]}".strip().rstrip(". ") if lines else type(exc).__name__
+    message = re.sub(r"^ERROR:\s+", "", message)
+    message = re.sub(r"\s+", " ", message)
+    return f"{message} (SQLSTATE {sqlstate.group(1)})" if sqlstate else message
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()

@@ -1,0 +1,159 @@
+"""Snowflake warehouse: dagster-snowflake's SnowflakeResource, streamed with `fetch_arrow_batches`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, suppress
+from typing import Any
+
+import pyarrow as pa
+import snowflake.connector
+from dagster_snowflake import SnowflakeResource
+from snowflake.connector.errors import NotSupportedError
+
+from conversion_sync.config.warehouses import SnowflakeWarehouseConfig
+from conversion_sync.warehouses.base import (
+    DEFAULT_BATCH_ROWS,
+    Warehouse,
+    WarehouseError,
+    bounded_batches,
+    check_batch_rows,
+    plain_arrow_types,
+)
+
+
+class SnowflakeWarehouse(Warehouse):
+    """A Snowflake account, reached through dagster-snowflake's `SnowflakeResource`.
+
+    `host`, `port` and `protocol` (optional) point the connector at another endpoint, e.g. a
+    PrivateLink host or a local fakesnow server.
+
+    Read-only: Snowflake has no read-only session or transaction mode, so the real protection is a
+    role with only SELECT privileges (`role:` in warehouses.yaml). As a second line, each query runs
+    inside an explicit transaction that is always rolled back, which undoes DML (DELETE, UPDATE,
+    INSERT, MERGE); DDL commits implicitly in Snowflake and is not undone. A statement that returns
+    no result set is reported as a query error.
+
+    Column names: Snowflake folds unquoted identifiers to upper case, so (like the Snowflake
+    SQLAlchemy dialect) all-upper-case result columns are lower-cased: `SELECT email` yields
+    `email`; quoted mixed- or lower-case names are kept. Timestamps come as microseconds.
+    """
+
+    kind = "snowflake"
+
+    def __init__(self, name: str, config: SnowflakeWarehouseConfig) -> None:
+        super().__init__(name)
+        self.config = config
+        self._cm: AbstractContextManager[Any] | None = None
+        self._conn: snowflake.connector.SnowflakeConnection | None = None
+
+    def _resource(self) -> SnowflakeResource:
+        c = self.config
+        password = self._resolve(c.password, secret=True)
+        private_key = self._resolve(c.private_key, secret=True)
+        if private_key:
+            self._add_secret(*(line for line in private_key.splitlines() if len(line.strip()) >= 16))
+        extra: dict[str, Any] = {
+            "session_parameters": {
+                "QUERY_TAG": f"conversion_sync:{self.name}",
+                "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW",
+            }
+        }
+        if host := self._resolve(c.host):
+            extra["host"] = host
+        if c.port is not None:
+            extra["port"] = c.port
+        if c.protocol is not None:
+            extra["protocol"] = c.protocol
+        settings = {
+            "account": self._resolve(c.account),
+            "user": self._resolve(c.user),
+            "password": password,
+            "private_key": private_key,
+            "warehouse": self._resolve(c.warehouse),
+            "database": self._resolve(c.database),
+            "schema": self._resolve(c.schema_),
+            "role": self._resolve(c.role),
+        }
+        return SnowflakeResource(
+            **{k: v for k, v in settings.items() if v is not None},
+            additional_snowflake_connection_args=extra,
+        )
+
+    def _connect(self) -> snowflake.connector.SnowflakeConnection:
+        if self._conn is not None and self._conn.is_closed():
+            self.close()
+        if self._conn is None:
+            try:
+                resource = self._resource()
+            except WarehouseError:
+                raise
+            except Exception as exc:
+                message = str(exc).removeprefix("Invariant failed. Description: ")
+                raise self._connection_error(message) from None
+            try:
+                cm = resource.get_connection()
+                self._conn = cm.__enter__()
+                self._cm = cm
+            except Exception as exc:
+                raise self._connection_error(exc) from None
+        return self._conn
+
+    def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        return self._batches(sql, check_batch_rows(batch_rows))
+
+    def _batches(self, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        conn = self._connect()
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")
+            cur.execute(sql)
+            chunks: Iterable[pa.Table]
+            if cur.rowcount == 0:
+                chunks = [cur.fetch_arrow_all(force_return_table=True, force_microsecond_precision=True)]
+            else:
+                chunks = cur.fetch_arrow_batches(force_microsecond_precision=True)
+            names: list[str] | None = None
+            for batch in bounded_batches(chunks, batch_rows):
+                names = names or _unfold_names(batch.schema.names)
+                yield plain_arrow_types(batch.rename_columns(names))
+        except NotSupportedError:
+            raise self._query_error(
+                "the statement returns no result set; a sync query must be a SELECT (its changes were rolled back)"
+            ) from None
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise self._query_error(exc) from None
+        finally:
+            self._rollback(cur)
+
+    def _rollback(self, cur: Any) -> None:
+        try:
+            cur.execute("ROLLBACK")
+            cur.close()
+        except Exception:
+            self.close()
+
+    def close(self) -> None:
+        cm, conn = self._cm, self._conn
+        self._cm = self._conn = None
+        if cm is not None:
+            with suppress(Exception):
+                cm.__exit__(None, None, None)
+        if conn is not None:
+            with suppress(Exception):
+                conn.close()
+
+
+def _unfold_names(names: list[str]) -> list[str]:
+    """Lower-case the names Snowflake folded to upper case, unless that would clash with another column."""
+    taken = set(names)
+    result = []
+    for name in names:
+        lower = name.lower()
+        if name == name.upper() and lower != name and lower not in taken:
+            taken.add(lower)
+            name = lower
+        result.append(name)
+    return result

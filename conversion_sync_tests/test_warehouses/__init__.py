@@ -1,0 +1,1 @@
+"""Tests for conversion_sync.warehouses: every adapter against a real engine."""
