@@ -6,7 +6,10 @@ import sys
 
 import click
 
-from conversion_sync.config import load_project_config
+from conversion_sync.config import ProjectConfig, load_project_config
+from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.syncs.template import format_timestamp
 
 
 @click.group()
@@ -39,6 +42,147 @@ def validate(ctx: click.Context) -> None:
         click.echo(f"{len(project.problems)} problem(s) in {project.directory}", err=True)
         sys.exit(1)
     click.echo(f"config in {project.directory} is valid: {len(project.syncs)} sync(s)")
+
+
+def _project_and_sync(ctx: click.Context, name: str) -> tuple[ProjectConfig, SyncConfig]:
+    project = load_project_config(ctx.obj["config_dir"])
+    if name in project.broken_syncs:
+        lines = "\n".join(f"  {p}" for p in project.broken_syncs[name].problems)
+        raise click.ClickException(f"sync '{name}' is broken:\n{lines}")
+    if name not in project.syncs:
+        known = ", ".join(sorted(project.syncs)) or "none"
+        raise click.ClickException(f"unknown sync '{name}'; known syncs: {known}")
+    return project, project.syncs[name]
+
+
+def _store() -> ContactStore:
+    return ContactStore()
+
+
+def _print_counts(counts: dict[str, int]) -> None:
+    width = max(len(k) for k in counts)
+    for key, value in counts.items():
+        click.echo(f"  {key:<{width}}  {value}")
+
+
+@main.command("run")
+@click.argument("sync_name")
+@click.pass_context
+def run_sync(ctx: click.Context, sync_name: str) -> None:
+    """Run one sync now, in this process, and print its counts."""
+    from conversion_sync.syncs.runner import SyncFailed, SyncRunner
+
+    project, sync = _project_and_sync(ctx, sync_name)
+    try:
+        outcome = SyncRunner(sync, project, _store()).run()
+    except SyncFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sync {sync_name}: run {outcome.run_id} succeeded")
+    click.echo(
+        f"  watermark used {format_timestamp(outcome.watermark_used)}, next {format_timestamp(outcome.next_watermark)}"
+    )
+    _print_counts(outcome.counts)
+    if outcome.counts.get("rejected"):
+        click.echo(f"rejected rows: {outcome.download_command}")
+
+
+@main.command()
+@click.argument("sync_name")
+@click.option("--limit", default=20, show_default=True, help="Rows of diff and rejections to show.")
+@click.pass_context
+def preview(ctx: click.Context, sync_name: str, limit: int) -> None:
+    """Dry run: what would be added, changed, removed and rejected. Writes nothing."""
+    from conversion_sync.syncs.runner import SyncFailed, SyncRunner
+
+    project, sync = _project_and_sync(ctx, sync_name)
+    try:
+        result = SyncRunner(sync, project, _store()).preview(limit=limit)
+    except SyncFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sync {sync_name} (dry run, nothing written) from watermark {result.describe_watermark()}")
+    _print_counts(result.counts)
+    for row in result.diff:
+        if row["action"] == "unchanged":
+            continue
+        click.echo(f"{row['action']:>9}  {row['key']}")
+        for field, value in (row.get("fields") or {}).items():
+            shown = f"{value[0]!r} → {value[1]!r}" if row["action"] == "change" else repr(value)
+            click.echo(f"           {field}: {shown}")
+    for rejection in result.rejected:
+        click.echo(f"   reject  {rejection['row_key']}  [{rejection['code']}] {rejection['message']}")
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Table of syncs: state, last run and its counts."""
+    from conversion_sync.store.sync_state import latest_runs
+
+    project = load_project_config(ctx.obj["config_dir"])
+    with _store().begin() as conn:
+        runs = latest_runs(conn)
+    rows = [("SYNC", "STATE", "LAST RUN", "QUERIED", "ADDED", "CHANGED", "UNCHANGED", "REMOVED", "REJECTED")]
+    for name in sorted(project.syncs):
+        sync, run = project.syncs[name], runs.get(name)
+        counts = run.counts if run else {}
+        state = _state(sync.enabled, run)
+        when = run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run else "-"
+        keys = ("queried", "added", "changed", "unchanged", "removed", "rejected")
+        rows.append((name, state, when, *(str(counts.get(k, "-")) for k in keys)))
+    for name in sorted(project.broken_syncs):
+        rows.append((name, "broken", "-", *("-" * 6)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for name, run in sorted(runs.items()):
+        if name in project.syncs and run.status == "failed" and run.error:
+            click.echo(f"{name} failed: {run.error.splitlines()[0]}")
+
+
+def _state(enabled: bool, run: object) -> str:
+    if run is None:
+        return "pending" if enabled else "disabled"
+    status_, phase = run.status, run.phase  # type: ignore[attr-defined]
+    if status_ == "running":
+        return phase or "querying"
+    if status_ == "failed":
+        return "failed"
+    return "healthy" if enabled else "disabled"
+
+
+@main.command()
+@click.argument("sync_name")
+@click.option("--run", "run_id", default=None, help="Run id (default: the latest run with rejected rows).")
+@click.pass_context
+def rejections(ctx: click.Context, sync_name: str, run_id: str | None) -> None:
+    """Every rejected row of a run, as CSV on standard output."""
+    from conversion_sync.store.sync_state import last_run_with_rejections, rejections_csv
+
+    project = load_project_config(ctx.obj["config_dir"])
+    if sync_name not in project.syncs and sync_name not in project.broken_syncs:
+        raise click.ClickException(f"unknown sync '{sync_name}'")
+    with _store().begin() as conn:
+        run_id = run_id or last_run_with_rejections(conn, sync_name)
+        if run_id is None:
+            raise click.ClickException(f"sync '{sync_name}' has no rejected rows")
+        count = rejections_csv(conn, sync_name, run_id, click.get_text_stream("stdout"))
+    click.echo(f"{count} rejected row(s) of run {run_id}", err=True)
+
+
+@main.command()
+@click.argument("sync_name")
+@click.pass_context
+def resync(ctx: click.Context, sync_name: str) -> None:
+    """Reset a sync's watermark and fingerprints: the next run reads and compares everything."""
+    from conversion_sync.store.sync_state import reset_sync
+
+    _project_and_sync(ctx, sync_name)
+    with _store().begin() as conn:
+        had_state, fingerprints = reset_sync(conn, sync_name)
+    click.echo(
+        f"sync {sync_name}: watermark {'reset' if had_state else 'was not set'}, {fingerprints} fingerprint(s) cleared; "
+        "the next run is a full resync"
+    )
 
 
 @main.command()

@@ -9,6 +9,7 @@ from conversion_sync.config.loader import RESERVED_FILES
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.syncs.broken import broken_sync_asset, config_problems_asset
+from conversion_sync.syncs.factory import build_sync_definitions
 
 
 def build_resources() -> dict[str, object]:
@@ -19,13 +20,21 @@ def build_resources() -> dict[str, object]:
 def build_definitions(project: ProjectConfig | None = None) -> dg.Definitions:
     """Definitions for a loaded config; broken syncs become explanatory placeholders."""
     project = project or load_project_config()
-    assets: list[dg.AssetsDefinition] = [broken_sync_asset(b) for b in project.broken_syncs.values()]
+    syncs = build_sync_definitions(project)
+    assets = [*syncs.assets, *(broken_sync_asset(b) for b in project.broken_syncs.values())]
     shared_problems = [
         p for p in project.problems if p.file in RESERVED_FILES or p.file == str(project.directory)
     ]
     if shared_problems:
         assets.append(config_problems_asset(shared_problems))
-    return dg.Definitions(assets=assets, resources=build_resources())
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=syncs.checks,
+        jobs=syncs.jobs,
+        schedules=syncs.schedules,
+        sensors=syncs.sensors,
+        resources=build_resources(),
+    )
 
 
 defs = build_definitions()

@@ -33,7 +33,8 @@ def pg_base_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         warnings.simplefilter("ignore")
         import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+    # "stop" keeps the data directory (and its log) in pytest's temporary folder for post-mortems
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     uri = server.get_uri("postgres")
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))

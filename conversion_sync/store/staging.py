@@ -81,7 +81,7 @@ class BatchTextifier:
             self._select = self._build_select(batch)
         self._db.register("batch", batch)
         try:
-            return self._db.execute(self._select).to_arrow_table()
+            return self._db.sql(self._select).to_arrow_table()
         finally:
             self._db.unregister("batch")
 

@@ -1,0 +1,265 @@
+"""Dagster definitions per sync: a graph-backed asset (query → validate → write), job, schedule, sensor, check."""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from conversion_sync.config import ProjectConfig
+from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync.syncs.broken import SYNC_GROUP
+from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
+from conversion_sync.syncs.template import format_timestamp
+
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+COUNT_KEYS = ("queried", "added", "changed", "unchanged", "removed", "rejected", "skipped")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass
+class SyncDefinitions:
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+    schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
+    sensors: list[dg.SensorDefinition] = field(default_factory=list)
+    checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+
+
+def asset_key(sync_name: str) -> dg.AssetKey:
+    return dg.AssetKey(f"sync_{sync_name}")
+
+
+def job_name(sync_name: str) -> str:
+    return f"sync_{sync_name}"
+
+
+def _runner(
+    sync: SyncConfig, project: ProjectConfig, store: ContactStore, identity: IdentityMatcher
+) -> SyncRunner:
+    try:
+        return SyncRunner(sync, project, store, identity)
+    except SyncFailed as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
+def outcome_metadata(outcome: SyncOutcome) -> dict[str, Any]:
+    """Materialization metadata: counts (plotted over time), watermarks, step durations, rejected preview."""
+    metadata: dict[str, Any] = {key: dg.MetadataValue.int(outcome.counts.get(key, 0)) for key in COUNT_KEYS}
+    for key, value in outcome.counts.items():
+        if key not in COUNT_KEYS and isinstance(value, int):
+            metadata[key] = dg.MetadataValue.int(value)
+    metadata["watermark_used"] = dg.MetadataValue.text(format_timestamp(outcome.watermark_used))
+    metadata["next_watermark"] = dg.MetadataValue.text(format_timestamp(outcome.next_watermark))
+    metadata["full_sync"] = dg.MetadataValue.bool(outcome.full_sync)
+    for step, seconds in outcome.durations.items():
+        metadata[f"duration_{step}_s"] = dg.MetadataValue.float(float(seconds))
+    if outcome.rejected_preview:
+        columns = ["row_key", "column_name", "code", "message"]
+        metadata["rejected_preview"] = dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({c: str(r.get(c) or "") for c in columns}) for r in outcome.rejected_preview
+            ],
+            schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]),
+        )
+        metadata["rejected_download"] = dg.MetadataValue.md(
+            f"```\n{outcome.download_command} > rejected.csv\n```"
+        )
+    return metadata
+
+
+def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
+    """A graph-backed asset whose steps the UI shows as query → validate → write."""
+    warehouse_kind = project.warehouses[sync.warehouse].type
+    after_inputs = {f"after_{name}": dg.In(dg.Nothing) for name in sync.after}
+
+    @dg.op(
+        name=f"{sync.name}_query",
+        ins={"after": dg.In(dg.Nothing)} if after_inputs else None,
+        description=f"Querying {sync.warehouse} ({warehouse_kind}) and staging the rows in the store",
+        tags={"step": "query"},
+    )
+    def query(context: dg.OpExecutionContext, contact_store: ContactStore, identity: IdentityMatcher) -> str:
+        try:
+            table = _runner(sync, project, contact_store, identity).query(context.run_id)
+        except SyncFailed as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"staged the query result in {table}")
+        return table
+
+    @dg.op(
+        name=f"{sync.name}_validate",
+        description="Preparing: validating rows, rejecting bad ones with a reason",
+    )
+    def validate(
+        context: dg.OpExecutionContext, table: str, contact_store: ContactStore, identity: IdentityMatcher
+    ) -> str:
+        result = _runner(sync, project, contact_store, identity).validate(table)
+        context.log.info(
+            f"{result.accepted} rows accepted, {result.rejected} rejected of {result.queried} queried"
+        )
+        return table
+
+    @dg.op(
+        name=f"{sync.name}_write", description=f"Writing to {sync.destination.type} and moving the watermark"
+    )
+    def write(
+        context: dg.OpExecutionContext, table: str, contact_store: ContactStore, identity: IdentityMatcher
+    ) -> dict:
+        outcome = _runner(sync, project, contact_store, identity).write(table)
+        context.add_output_metadata(outcome_metadata(outcome))
+        context.log.info(", ".join(f"{k}={v}" for k, v in outcome.counts.items()))
+        return outcome.counts
+
+    @dg.graph(name=f"{sync.name}_steps", ins={name: dg.GraphIn() for name in after_inputs})
+    def steps(**upstream: Any) -> Any:
+        staged = query(after=list(upstream.values())) if upstream else query()
+        return write(validate(staged))
+
+    tags = {
+        "warehouse": sync.warehouse,
+        "warehouse_kind": warehouse_kind,
+        "destination": sync.destination.type
+        + (f":{sync.destination.object_type}" if sync.destination.object_type else ""),
+        "mode": sync.mode,
+        f"dagster/kind/{warehouse_kind}": "",
+        "dagster/kind/postgres": "",
+        **sync.tags,
+    }
+    owners = (
+        [sync.owner] if sync.owner and (_EMAIL.match(sync.owner) or sync.owner.startswith("team:")) else []
+    )
+    if sync.owner and not owners:
+        tags["owner"] = sync.owner
+    description = sync.description or f"{sync.warehouse} → {sync.destination.type}"
+    return dg.AssetsDefinition.from_graph(
+        steps,
+        keys_by_input_name={f"after_{name}": asset_key(name) for name in sync.after},
+        keys_by_output_name={"result": asset_key(sync.name)},
+        group_name=SYNC_GROUP,
+        descriptions_by_output_name={"result": f"{description}\n\n```sql\n{sync.query.strip()}\n```"},
+        tags_by_output_name={"result": {k: _tag_value(v) for k, v in tags.items()}},
+        owners_by_output_name={"result": owners} if owners else None,
+        metadata_by_output_name={
+            "result": {
+                "schedule": sync.schedule,
+                "warehouse": sync.warehouse,
+                "destination": sync.destination.type,
+                "incremental": sync.incremental,
+            }
+        },
+    )
+
+
+def _tag_value(value: str) -> str:
+    """Dagster tag values: at most 63 characters of letters, digits, "-", "_", "."."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", value)[:63]
+
+
+def _in_progress_run(
+    context: dg.ScheduleEvaluationContext | dg.SensorEvaluationContext, job: str
+) -> str | None:
+    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=IN_PROGRESS), limit=1)
+    return runs[0].run_id if runs else None
+
+
+def sync_schedule(sync: SyncConfig, job: Any) -> dg.ScheduleDefinition | None:
+    cron = sync.cron_schedule
+    if cron is None:
+        return None
+    name = job_name(sync.name)
+
+    @dg.schedule(
+        name=f"{name}_schedule",
+        cron_schedule=cron,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.RUNNING if sync.enabled else dg.DefaultScheduleStatus.STOPPED,
+        description=f"{sync.schedule} ({cron}); a tick while the previous run is in progress is skipped",
+        execution_timezone="UTC",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        running = _in_progress_run(context, name)
+        if running:
+            return dg.SkipReason(f"sync '{sync.name}' is still running (run {running}); this tick is skipped")
+        return dg.RunRequest()
+
+    return _schedule
+
+
+def after_sensor(sync: SyncConfig, job: Any, upstream_jobs: list[Any]) -> dg.SensorDefinition:
+    name = job_name(sync.name)
+
+    @dg.run_status_sensor(
+        name=f"{name}_after_upstream",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=upstream_jobs,
+        request_job=job,
+        default_status=dg.DefaultSensorStatus.RUNNING if sync.enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Runs {sync.name} when {', '.join(sync.after)} succeeds",
+    )
+    def _after(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        running = _in_progress_run(context, name)
+        if running:
+            return dg.SkipReason(f"sync '{sync.name}' is already running (run {running})")
+        upstream = context.dagster_run
+        return dg.RunRequest(
+            run_key=f"after-{upstream.run_id}", tags={"conversion_sync/after_run": upstream.run_id}
+        )
+
+    return _after
+
+
+def rejected_rate_check(sync: SyncConfig) -> dg.AssetChecksDefinition:
+    key = asset_key(sync.name)
+    threshold = sync.rejected_rate_threshold
+
+    @dg.asset_check(
+        asset=key,
+        name="rejected_row_rate",
+        description=f"Fails when more than {threshold:.0%} of the queried rows are rejected",
+    )
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(key)
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        queried = int(getattr(metadata.get("queried"), "value", 0) or 0)
+        rejected = int(getattr(metadata.get("rejected"), "value", 0) or 0)
+        rate = rejected / queried if queried else 0.0
+        return dg.AssetCheckResult(
+            passed=rate <= threshold,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"rejected": rejected, "queried": queried, "rate": rate, "threshold": threshold},
+            description=f"{rejected} of {queried} rows rejected ({rate:.1%}; threshold {threshold:.0%})",
+        )
+
+    return _check
+
+
+def build_sync_definitions(project: ProjectConfig) -> SyncDefinitions:
+    """Everything Dagster needs for the valid syncs of a config."""
+    out = SyncDefinitions()
+    jobs: dict[str, Any] = {}
+    for sync in project.syncs.values():
+        out.assets.append(sync_asset(sync, project))
+        out.checks.append(rejected_rate_check(sync))
+        jobs[sync.name] = dg.define_asset_job(
+            job_name(sync.name),
+            selection=dg.AssetSelection.assets(asset_key(sync.name)),
+            description=sync.description or None,
+            tags={"conversion_sync/sync": sync.name},
+        )
+    out.jobs = list(jobs.values())
+    for sync in project.syncs.values():
+        schedule = sync_schedule(sync, jobs[sync.name])
+        if schedule is not None:
+            out.schedules.append(schedule)
+        if sync.after:
+            out.sensors.append(after_sensor(sync, jobs[sync.name], [jobs[name] for name in sync.after]))
+    return out

@@ -1,0 +1,175 @@
+"""Contacts syncs: change detection, watermarks and lookback, modes, full-sync removals, resync, preview."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from conversion_sync.store.sync_state import reset_sync
+from conversion_sync.syncs.template import EPOCH
+
+from .conftest import SyncWorld
+
+PEOPLE = """
+CREATE OR REPLACE TABLE people AS
+SELECT 'person' || i || '@example.com' AS email, 'First' || i AS first_name, 'Last' || i AS last_name,
+       CAST(i AS VARCHAR) AS seats, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL (i) MINUTE AS updated_at
+FROM range(1, 201) t(i);
+"""
+
+
+def test_second_run_without_change_writes_nothing(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT * FROM people")  # full sync: every run reads everything
+    first = world.run("people")
+    assert (first.counts["added"], first.counts["changed"], first.counts["unchanged"]) == (200, 0, 0)
+    stamps = world.sql("SELECT id, updated_at FROM contacts ORDER BY id")
+    fingerprints = world.sql("SELECT row_key, run_id FROM sync_fingerprints ORDER BY row_key")
+
+    second = world.run("people")
+    assert second.counts == {
+        **second.counts,
+        "queried": 200,
+        "added": 0,
+        "changed": 0,
+        "unchanged": 200,
+        "removed": 0,
+    }
+    assert world.sql("SELECT id, updated_at FROM contacts ORDER BY id") == stamps, "no contact was touched"
+    assert world.sql("SELECT row_key, run_id FROM sync_fingerprints ORDER BY row_key") == fingerprints
+
+
+def test_changed_rows_are_counted_and_written(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT * FROM people")
+    world.run("people")
+    world.warehouse(
+        "UPDATE people SET first_name = 'Renamed', updated_at = updated_at + INTERVAL 1 DAY WHERE seats IN ('1', '2')"
+    )
+    outcome = world.run("people")
+    assert (outcome.counts["changed"], outcome.counts["unchanged"]) == (2, 198)
+    assert world.scalar("SELECT count(*) FROM contacts WHERE first_name = 'Renamed'") == 2
+
+
+def test_watermark_and_lookback(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync(
+        "people", "SELECT * FROM people WHERE updated_at > '{{last_sync_time}}'", lookback="'30 minutes'"
+    )
+    first = world.run("people")
+    assert first.watermark_used == EPOCH and first.counts["queried"] == 200
+    watermark = world.scalar("SELECT watermark FROM sync_state WHERE sync_name = 'people'")
+    assert watermark == first.next_watermark
+    second = world.run("people")
+    assert second.watermark_used == watermark - timedelta(minutes=30)
+    assert second.counts["queried"] == 0
+    # A row modified "now" is read by the next run.
+    world.warehouse("UPDATE people SET first_name = 'Late', updated_at = now() WHERE seats = '5'")
+    third = world.run("people")
+    assert (third.counts["queried"], third.counts["changed"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_names", "skipped"),
+    [
+        ("upsert", {"old@example.com": "New", "fresh@example.com": "Fresh"}, 0),
+        ("update", {"old@example.com": "New"}, 1),
+        ("insert", {"old@example.com": "Old", "fresh@example.com": "Fresh"}, 1),
+    ],
+)
+def test_modes(world: SyncWorld, mode: str, expected_names: dict[str, str], skipped: int) -> None:
+    world.warehouse(
+        "CREATE TABLE seed AS SELECT 'old@example.com' AS email, 'Old' AS first_name;"
+        "CREATE TABLE people AS SELECT * FROM (VALUES ('old@example.com', 'New'), ('fresh@example.com', 'Fresh')) "
+        "v(email, first_name)"
+    )
+    world.add_sync("seed", "SELECT * FROM seed")
+    world.run("seed")
+    world.add_sync("people", "SELECT * FROM people", mode=mode)
+    outcome = world.run("people")
+    assert dict(world.sql("SELECT email_normalized, first_name FROM contacts")) == expected_names
+    assert outcome.counts["skipped"] == skipped
+
+
+@pytest.mark.parametrize("behavior", ["do_nothing", "clear_fields", "delete"])
+def test_full_sync_removed_keys_follow_delete_behavior(world: SyncWorld, behavior: str) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT email, first_name, seats FROM people", delete_behavior=behavior)
+    world.run("people")
+    world.warehouse("DELETE FROM people WHERE seats IN ('1', '2', '3')")
+    outcome = world.run("people")
+    assert outcome.counts["removed"] == 3
+    gone = world.sql(
+        "SELECT first_name, custom_fields ? 'seats' FROM contacts WHERE email_normalized = 'person1@example.com'"
+    )
+    expected = {"do_nothing": [("First1", True)], "clear_fields": [(None, False)], "delete": []}[behavior]
+    assert gone == expected
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 197
+    again = world.run("people")
+    assert again.counts["removed"] == 0
+
+
+def test_rejected_rows_are_not_removed(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT email, seats FROM people", delete_behavior="delete")
+    world.run("people")
+    world.warehouse("UPDATE people SET seats = 'many' WHERE email = 'person1@example.com'")
+    outcome = world.run("people")
+    assert (outcome.counts["rejected"], outcome.counts["removed"]) == (1, 0)
+    assert world.scalar("SELECT count(*) FROM contacts WHERE email_normalized = 'person1@example.com'") == 1
+
+
+def test_resync_resets_watermark_and_fingerprints(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT * FROM people WHERE updated_at > '{{last_sync_time}}'")
+    world.run("people")
+    runner = world.runner("people")
+    with runner.store.begin() as conn:
+        assert reset_sync(conn, "people") == (True, 200)
+    outcome = runner.run()
+    assert outcome.watermark_used == EPOCH
+    assert (outcome.counts["queried"], outcome.counts["added"]) == (200, 200)
+    assert world.scalar("SELECT count(*) FROM contacts") == 200
+
+
+def test_older_source_rows_do_not_overwrite_newer_store_fields(world: SyncWorld) -> None:
+    world.warehouse(
+        "CREATE TABLE p AS SELECT 'a@example.com' AS email, 'FromWarehouse' AS first_name, "
+        "TIMESTAMP '2026-01-01' AS updated_at"
+    )
+    world.add_sync("p", "SELECT * FROM p")
+    world.run("p")
+    later = datetime(2026, 6, 1, tzinfo=UTC).isoformat()
+    world.sql(
+        "UPDATE contacts SET first_name = 'FromSalesforce', "
+        "field_updated_at = field_updated_at || jsonb_build_object('first_name', %(t)s::text) RETURNING id",
+        {"t": later},
+    )
+    world.warehouse("UPDATE p SET first_name = 'Stale', updated_at = TIMESTAMP '2026-02-01'")
+    world.run("p")
+    assert world.scalar("SELECT first_name FROM contacts") == "FromSalesforce"
+
+
+def test_preview_writes_nothing_and_shows_a_diff(world: SyncWorld) -> None:
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT email, first_name, seats FROM people")
+    world.run("people")
+    world.warehouse(
+        "UPDATE people SET first_name = 'Changed' WHERE seats = '1'; UPDATE people SET seats = 'x' WHERE seats = '2';"
+        "INSERT INTO people VALUES ('new@example.com', 'New', 'Person', '9', now())"
+    )
+    before = (
+        world.sql("SELECT * FROM contacts ORDER BY id"),
+        world.sql("SELECT count(*) FROM sync_rejections"),
+    )
+    result = world.runner("people").preview(limit=5)
+    assert (result.counts["added"], result.counts["changed"], result.counts["rejected"]) == (1, 1, 1)
+    actions = {row["key"]: row for row in result.diff}
+    assert actions["new@example.com"]["action"] == "add"
+    assert actions["person1@example.com"]["fields"] == {"first_name": ["First1", "Changed"]}
+    assert result.rejected[0]["code"] == "invalid_field_value"
+    after = world.sql("SELECT * FROM contacts ORDER BY id"), world.sql("SELECT count(*) FROM sync_rejections")
+    assert before == after
+    assert world.sql("SELECT count(*) FROM sync_runs WHERE run_id LIKE 'preview-%%'") == [(0,)]
+    assert world.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'conversion_staging'") == [(0,)]
