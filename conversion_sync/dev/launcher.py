@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conversion_sync.dev.demo_runs import launch_first_runs_in_background, store_is_fresh
 from conversion_sync.dev.embedded_postgres import (
     dagster_storage_url,
     data_directory,
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default="3000")
     parser.add_argument("--prepare-only", action="store_true", help="set everything up, do not start Dagster")
+    parser.add_argument(
+        "--no-demo-runs", action="store_true", help="do not launch the demo syncs on a fresh store"
+    )
     args = parser.parse_args(argv)
     env = prepare_environment()
     if args.prepare_only:
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
+    if not args.no_demo_runs and store_is_fresh(env[STORE_URL_ENV]):
+        launch_first_runs_in_background(args.host, int(args.port))
     try:
         return process.wait()
     except KeyboardInterrupt:
