@@ -55,6 +55,7 @@ def start_embedded_postgres(data_dir: Path | None = None) -> str:
         pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     base_uri = server.get_uri("postgres")
+    _tune(base_uri)
     for database in (STORE_DATABASE, DAGSTER_DATABASE):
         _ensure_database(base_uri, database)
     return _database_url(base_uri, STORE_DATABASE)
@@ -73,6 +74,32 @@ def dagster_storage_url(data_dir: Path | None = None) -> str:
     SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL.
     """
     return embedded_url(DAGSTER_DATABASE, data_dir).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+EMBEDDED_SETTINGS = {
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+}
+"""Reloadable settings for bulk loads: without them a million-row merge triggers a checkpoint every few seconds."""
+
+
+def _tune(base_uri: str) -> None:
+    """Apply EMBEDDED_SETTINGS once (ALTER SYSTEM + reload); values are written as SHOW displays them."""
+    with psycopg.connect(base_uri, autocommit=True) as conn:
+        stale = [
+            name
+            for name, value in EMBEDDED_SETTINGS.items()
+            if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone() != (value,)
+        ]
+        for name in stale:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    sql.Identifier(name), sql.Literal(EMBEDDED_SETTINGS[name])
+                )
+            )
+        if stale:
+            conn.execute("SELECT pg_reload_conf()")
 
 
 def _ensure_database(base_uri: str, database: str) -> None:

@@ -50,11 +50,83 @@ def prepare_environment() -> dict[str, str]:
 
 
 def _start_demo_services(env: dict[str, str], data_dir: Path) -> dict[str, str]:
-    """Seed the demo warehouse (and, when present, the local Salesforce stand-in)."""
+    """Seed the demo warehouse and start the local Salesforce stand-in; returns env vars for Dagster."""
     from conversion_sync.dev import demo_warehouse
 
     path = demo_warehouse.seed_demo_warehouse(data_dir / "warehouse.duckdb")
     print(f"demo warehouse: {path}", flush=True)
+    if env.get("SALESFORCE_USERNAME") or env.get("SALESFORCE_ACCESS_TOKEN"):
+        print("Salesforce: using the SALESFORCE_* credentials from the environment", flush=True)
+        return {}
+    return _start_salesforce_standin(data_dir / "salesforce")
+
+
+SALESFORCE_STANDIN_PORT = 8443
+
+
+def _start_salesforce_standin(state_dir: Path, timeout_seconds: float = 60) -> dict[str, str]:
+    """Run the stand-in as a subprocess (stopped when the launcher exits) and return its SALESFORCE_* vars.
+
+    Without it (port taken, crash) Dagster still starts: the Salesforce schedules load stopped and say why.
+    """
+    import atexit
+    import json
+    import time
+
+    import requests
+
+    info_path = state_dir / "standin.json"
+    info_path.unlink(missing_ok=True)  # a stale file from the last run must not be mistaken for this one
+    command = [
+        sys.executable,
+        "-m",
+        "conversion_sync.dev.salesforce_standin",
+        "--port",
+        str(SALESFORCE_STANDIN_PORT),
+        "--state-dir",
+        str(state_dir),
+        "--seed-demo",
+    ]
+    # its own session: Ctrl-C reaches the launcher, which stops Dagster first and then the stand-in
+    process = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+
+    def stop_standin() -> None:
+        if process.poll() is None:
+            process.terminate()  # SIGTERM: the stand-in saves its state and exits
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            print("Salesforce stand-in stopped", flush=True)
+
+    atexit.register(stop_standin)
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            print(
+                f"Salesforce stand-in exited (code {process.returncode}; is port {SALESFORCE_STANDIN_PORT} in "
+                "use?); continuing without Salesforce",
+                flush=True,
+            )
+            return {}
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = None
+        if info and info.get("pid") == process.pid:
+            session = requests.Session()
+            session.trust_env = False
+            try:
+                if session.get(info["url"], verify=info["ca_bundle"], timeout=2).ok:
+                    print(f"Salesforce stand-in: {info['url']} (state in {state_dir})", flush=True)
+                    return {key: str(value) for key, value in info["env"].items()}
+            except requests.RequestException:
+                pass
+            finally:
+                session.close()
+        time.sleep(0.2)
+    print("Salesforce stand-in did not answer in time; continuing without Salesforce", flush=True)
+    stop_standin()
     return {}
 
 

@@ -44,3 +44,17 @@ def redact_url(url: str) -> str:
 def store_engine(url: str) -> sa.Engine:
     """One engine per URL per process."""
     return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+BULK_WORK_MEM_ENV = "CONVERSION_SYNC_WORK_MEM"
+
+
+def prepare_bulk_transaction(conn: sa.Connection) -> None:
+    """Settings for a transaction of set-based statements over whole runs: UTC, and room for hash joins.
+
+    The server default (4 MB work_mem) makes every large hash join or aggregate spill to disk.
+    """
+    work_mem = os.environ.get(BULK_WORK_MEM_ENV, "256MB")
+    conn.exec_driver_sql(
+        "SELECT set_config('work_mem', %s, true), set_config('TimeZone', 'UTC', true)", (work_mem,)
+    )

@@ -60,30 +60,40 @@ class IdentityMatcher(dg.ConfigurableResource):
         contact_column: str = "contact_id",
         outcome_column: str | None = None,
         create: bool = True,
+        unique_emails: bool = False,
     ) -> IdentityCounts:
         """Fill `contact_column` of every row in the staged `table`; one statement per rule.
 
         Must run inside a transaction; holds the identity lock until it commits, so concurrent
-        resolutions of the same new emails create each contact once.
+        resolutions of the same new emails create each contact once. `unique_emails` promises that
+        the table has no Salesforce ids and no two rows with one email, which saves a grouping pass.
         """
         lock_identities(conn)
         sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
         sf_type = salesforce_type_column or "NULL::text"
         run = conn.exec_driver_sql
         run(f"DROP TABLE IF EXISTS {_KEYS}")
+        if unique_emails and not salesforce_id_column:
+            run(
+                f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
+                SELECT NULL::text AS salesforce_id, NULL::text AS salesforce_type, {email_norm} AS email_norm,
+                       btrim({email_column}) AS email, NULL::bigint AS contact_id, NULL::text AS outcome
+                FROM {table} WHERE {email_norm} IS NOT NULL"""
+            )
+        else:
+            run(
+                f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
+                SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
+                       min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
+                       NULL::bigint AS contact_id, NULL::text AS outcome
+                FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
+                UNION ALL
+                SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
+                FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
+            )
         run(
-            f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
-            SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
-                   min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
-                   NULL::bigint AS contact_id, NULL::text AS outcome
-            FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
-            UNION ALL
-            SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
-            FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
-        )
-        run(f"CREATE INDEX ON {_KEYS} (salesforce_id)")
-        run(f"CREATE INDEX ON {_KEYS} (email_norm)")
-        run(f"ANALYZE {_KEYS}")
+            f"ANALYZE {_KEYS}"
+        )  # temp tables are never auto-analyzed; the planner needs row counts for hash joins
         counts = IdentityCounts()
 
         # Rule 1: the Salesforce id decides.
@@ -156,11 +166,12 @@ class IdentityMatcher(dg.ConfigurableResource):
         if salesforce_id_column:
             run(
                 f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
-                WHERE k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
+                WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
             )
         run(
             f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
-            WHERE k.salesforce_id IS NULL AND k.email_norm = {s_email_norm} AND {s_sf_id} IS NULL"""
+            WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NULL AND k.email_norm = {s_email_norm}
+              AND {s_sf_id} IS NULL"""
         )
         run(f"DROP TABLE {_KEYS}")
         return counts

@@ -26,7 +26,8 @@ class SyncRunRecord:
     next_watermark: datetime | None
     staging_table: str | None
     full_sync: bool
-    source_columns: list[str] | None
+    source_columns: list[dict[str, str]] | None
+    """[{name, type}] of the query's result, type being the Arrow type as text."""
 
 
 def get_watermark(conn: sa.Connection, sync_name: str) -> datetime | None:
@@ -83,10 +84,12 @@ def start_run(
     )
 
 
-def record_columns(conn: sa.Connection, run_id: str, source_columns: list[str]) -> None:
+def record_columns(conn: sa.Connection, run_id: str, names: list[str], arrow_types: list[str]) -> None:
+    """The query's result columns and their Arrow types, for the steps that follow."""
+    columns = [{"name": n, "type": t} for n, t in zip(names, arrow_types, strict=True)]
     conn.exec_driver_sql(
         "UPDATE sync_runs SET source_columns = %(cols)s::json WHERE run_id = %(run)s",
-        {"cols": json.dumps(source_columns), "run": run_id},
+        {"cols": json.dumps(columns), "run": run_id},
     )
 
 

@@ -172,8 +172,7 @@ sync_fingerprints = sa.Table(
     metadata,
     sa.Column("sync_name", sa.Text, primary_key=True),
     sa.Column("row_key", sa.Text, primary_key=True),
-    sa.Column("fingerprint", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text),
+    sa.Column("fingerprint", sa.Uuid, nullable=False),
 )
 
 sync_rejections = sa.Table(

@@ -13,6 +13,7 @@ from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.syncs.broken import SYNC_GROUP
 from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
 from conversion_sync.syncs.template import format_timestamp
+from conversion_sync.warehouses.sync_logs import write_sync_log
 
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -117,6 +118,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         outcome = _runner(sync, project, contact_store, identity).write(table)
         context.add_output_metadata(outcome_metadata(outcome))
         context.log.info(", ".join(f"{k}={v}" for k, v in outcome.counts.items()))
+        write_sync_log(project, sync.name, outcome.run_id, contact_store, log=context.log)
         return outcome.counts
 
     @dg.graph(name=f"{sync.name}_steps", ins={name: dg.GraphIn() for name in after_inputs})

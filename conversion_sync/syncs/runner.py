@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
 from conversion_sync.store import sync_state
+from conversion_sync.store.connection import prepare_bulk_transaction
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.store.staging import (
@@ -138,7 +139,9 @@ class SyncRunner:
                         columns = StagedColumns(names)
                         with self.store.begin() as conn:
                             create_staging_table(conn, table, columns)
-                            sync_state.record_columns(conn, run_id, names)
+                            sync_state.record_columns(
+                                conn, run_id, names, [str(t) for t in batch.schema.types]
+                            )
                         writer = StagingWriter(adbc, table, columns)
                     if self.sync.max_rows is not None and writer.rows + batch.num_rows > self.sync.max_rows:
                         raise WholeRunError(
@@ -162,7 +165,7 @@ class SyncRunner:
         return record
 
     def _validator(self, record: sync_state.SyncRunRecord, table: str) -> Validator:
-        names = list(record.source_columns or [])
+        names = [c["name"] for c in record.source_columns or []]
         return Validator(
             sync_name=self.sync.name,
             run_id=record.run_id,
@@ -170,6 +173,7 @@ class SyncRunner:
             destination=self.destination,
             columns=map_columns(names, self.destination, self.sync.name),
             source_names=names,
+            source_types={c["name"]: c["type"] for c in record.source_columns or []},
         )
 
     def validate(self, table: str) -> ValidationResult:
@@ -179,6 +183,7 @@ class SyncRunner:
             record = self._run_for(conn, table)
         try:
             with self.store.begin() as conn:
+                prepare_bulk_transaction(conn)
                 result = self._validator(record, table).run(conn, record.counts.get("queried", 0))
                 sync_state.set_phase(
                     conn,
@@ -218,7 +223,7 @@ class SyncRunner:
         validator = self._validator(record, table)
         try:
             with self.store.begin() as conn:
-                conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+                prepare_bulk_transaction(conn)
                 counts = WRITERS[self.destination.kind](conn, self._write_context(record, table, validator))
                 all_counts = self._counts(record, counts)
                 durations = {
@@ -276,7 +281,7 @@ class SyncRunner:
             with self.store.engine().connect() as conn, conn.begin() as transaction:
                 record = self._run_for(conn, table)
                 validator = self._validator(record, table)
-                conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+                prepare_bulk_transaction(conn)
                 validation = validator.run(conn, record.counts.get("queried", 0))
                 rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
                 ctx = self._write_context(record, table, validator)
@@ -312,7 +317,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
                        jsonb_build_object('email', r.email, 'event_name', r.event_name, 'timestamp', r.event_ts,
                                           'properties', r.properties) AS new, NULL::jsonb AS old
             FROM {ctx.rows_table} r LEFT JOIN events e ON e.message_id = r.message_id
-            ORDER BY (e.id IS NULL) DESC, r.row_number LIMIT %(limit)s""",
+            WHERE r.problem IS NULL ORDER BY (e.id IS NULL) DESC, r.row_number LIMIT %(limit)s""",
             params,
         ).mappings()
         return [dict(r) for r in rows]
@@ -332,7 +337,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
                    r.fields AS new, {old} AS old
             FROM {ctx.rows_table} r
             LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
-            ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",
+            WHERE r.problem IS NULL ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",
         params,
     ).mappings()
     out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -84,7 +85,7 @@ def _shown(v: str) -> str:
     return f"quote_literal(left({v}, 80))"
 
 
-_EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
+_EMAIL_RE = r"^[^@\s[:cntrl:]]+@[^@\s[:cntrl:]]+\.[^@\s[:cntrl:].]+$"
 _INTEGER_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
 _NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]00:00(:00(\.0+)?)?)?(Z|[+-]00(:?00)?)?$"
@@ -94,7 +95,7 @@ _BOOLEAN = "('true', 't', 'yes', 'y', '1', 'false', 'f', 'no', 'n', '0')"
 
 
 def _email_invalid(v: str) -> str:
-    return f"({_nv(v)} !~ '{_EMAIL_RE}' OR length({_nv(v)}) > 254 OR {v} ~ '[[:cntrl:]]')"
+    return f"({_nv(v)} !~ '{_EMAIL_RE}' OR length({_nv(v)}) > 254)"
 
 
 def _datetime_invalid(v: str) -> str:
@@ -188,6 +189,27 @@ def rule_for(field_type: str, v: str, label: str) -> Rule:
     raise ValueError(f"unknown field type {field_type}")
 
 
+def implied_valid(field_type: str, arrow_type: str) -> bool:
+    """Whether every value of a source column of this Arrow type is valid for the field type.
+
+    Typed warehouse columns need no text checks: a TIMESTAMP column cannot hold 'tomorrow'.
+    """
+    integer = re.fullmatch(r"u?int(8|16|32)|int64", arrow_type) is not None
+    if field_type == "integer":
+        return integer
+    if field_type == "number":
+        return integer or arrow_type.startswith("decimal")
+    if field_type == "boolean":
+        return arrow_type == "bool"
+    if field_type == "date":
+        return arrow_type.startswith("date")
+    if field_type in ("datetime", "datetime_required"):
+        return arrow_type.startswith(("timestamp", "date"))
+    if field_type in ("json", "json_object"):
+        return field_type == "json" and arrow_type.startswith(("struct", "list", "large_list", "map"))
+    return False
+
+
 # --- the validation pass -----------------------------------------------------------------------------------
 
 
@@ -226,6 +248,7 @@ class Validator:
         destination: DestinationFields,
         columns: ColumnMap,
         source_names: list[str],
+        source_types: dict[str, str] | None = None,
     ) -> None:
         self.sync_name = sync_name
         self.run_id = run_id
@@ -234,6 +257,7 @@ class Validator:
         self.destination = destination
         self.columns = columns
         self.source_names = source_names
+        self.source_types = source_types or {}
 
     def _rules(self) -> list[tuple[str, str, Rule]]:
         """(field, staged column, rule) in the query's column order."""
@@ -256,13 +280,7 @@ class Validator:
 
     def all_keys_select(self) -> str:
         """Every staged row's key, accepted or rejected: a rejected row is not a removed one."""
-        c = self.columns.staged
-        email_norm = f"coalesce(NULLIF(lower(btrim({c('email')})), ''), '')" if c("email") else "''"
-        if self.destination.kind == "custom_objects":
-            key = f"btrim({c('id')}) || {_UNIT_SEPARATOR} || {email_norm}"
-        else:
-            key = email_norm
-        return f"SELECT {key} AS row_key FROM {self.stage} s"
+        return f"SELECT row_key FROM {self.rows}"
 
     def written_fields(self) -> list[str]:
         """Destination fields (not keys or timestamps) the query provides."""
@@ -296,7 +314,8 @@ class Validator:
                         f"{lit} || ' is missing (null or empty)'",
                     )
                 )
-            if rule.invalid:
+            field_type = self.destination.type_of(field)
+            if rule.invalid and not implied_valid(field_type, self.source_types.get(label, "string")):
                 checks.append(
                     (
                         lit,
@@ -309,30 +328,41 @@ class Validator:
             del name, column  # extra event columns become properties as text: always valid
         return checks
 
+    def _fingerprint_sql(self) -> str:
+        """md5 of the raw text of every written field (NULL and '' differ in a ROW's text form)."""
+        special = {f for f in self.destination.special if f != RELATIONSHIP_FIELDS}
+        staged = [f"s.{col}" for field, col in self.columns.fields.items() if field not in special]
+        staged += [f"s.{col}" for col in self.columns.properties.values()]
+        return f"md5(ROW({', '.join(staged)}, NULL)::text)::uuid" if staged else "md5('')::uuid"
+
+    def _problem_case(self) -> str:
+        """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
+        whens = " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond, _, _) in enumerate(self._checks()))
+        return f"CASE {whens} END"
+
     def reject_rows(self, conn: sa.Connection) -> int:
-        """Record the first problem of every bad row in sync_rejections; returns how many rows."""
+        """Record the first problem of every bad row in sync_rejections; returns how many.
+
+        Rejected rows stay in the rows table, flagged by `problem`, so their keys still count as
+        present in a full sync (a rejected row is not a removed one); writers take `problem IS NULL`.
+        """
         checks = self._checks()
-        values = ",\n".join(
-            f"({i}, {col if not col.startswith('s.') else 'NULL'}, CASE WHEN {cond} THEN '{code}' END, "
-            f"CASE WHEN {cond} THEN {msg} END)"
-            for i, (col, cond, code, msg) in enumerate(checks)
-        )
-        conn.exec_driver_sql(
-            f"""CREATE TEMP TABLE _rejected ON COMMIT DROP AS
-            SELECT s.{ROW_NUMBER} AS row_number, {self.row_key_sql()} AS row_key,
-                   CASE WHEN f.ord = 0 THEN s.{BAD_TEXT} ELSE f.col END AS column_name, f.code, f.message,
-                   {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER}) AS row
-            FROM {self.stage} s
-            CROSS JOIN LATERAL (
-                SELECT ord, col, code, message FROM (VALUES {values}) AS v(ord, col, code, message)
-                WHERE code IS NOT NULL ORDER BY ord LIMIT 1
-            ) f"""
-        )
-        return conn.exec_driver_sql(
-            """INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
-            SELECT %(run_id)s, %(sync)s, row_key, column_name, code, message, row FROM _rejected""",
+
+        def by_problem(values: list[str]) -> str:
+            return "CASE r.problem " + " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(values)) + " END"
+
+        column = by_problem([col for col, _, _, _ in checks])
+        code = by_problem([f"'{code}'" for _, _, code, _ in checks])
+        message = by_problem([msg for _, _, _, msg in checks])
+        rejected = conn.exec_driver_sql(
+            f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
+            SELECT %(run_id)s, %(sync)s, {self.row_key_sql()}, {column}, {code}, {message},
+                   {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER})
+            FROM {self.rows} r JOIN {self.stage} s ON s.{ROW_NUMBER} = r.row_number
+            WHERE r.problem IS NOT NULL""",
             {"run_id": self.run_id, "sync": self.sync_name},
         ).rowcount
+        return rejected
 
     def _typed_select(self) -> str:
         c = self.columns.staged
@@ -340,11 +370,15 @@ class Validator:
         kind = self.destination.kind
         special = set(self.destination.special)
 
+        def guarded(expr: str) -> str:
+            # casts run only for rows that passed every check, so they cannot fail
+            return f"CASE WHEN s.problem IS NULL THEN {expr} END"
+
         def value(field: str) -> str:
-            return rules[field].value if field in rules else "NULL"
+            return guarded(rules[field].value) if field in rules else "NULL"
 
         field_pairs = [
-            (f, rules[f].value) for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS
+            (f, value(f)) for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS
         ]
         updated_at = value("updated_at") + "::timestamptz" if "updated_at" in rules else "NULL::timestamptz"
         email = f"btrim({c('email')})" if c("email") else "NULL::text"
@@ -377,21 +411,23 @@ class Validator:
                 else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
         return f"""
-            SELECT *, {row_key} AS row_key,
-                   md5(fields::text || coalesce(rel_fields::text, '') || coalesce(properties::text, '')) AS fingerprint,
-                   NULL::bigint AS contact_id
+            SELECT *, {row_key} AS row_key, NULL::bigint AS contact_id
             FROM (
-                SELECT s.{ROW_NUMBER} AS row_number, {email} AS email, {email_norm} AS email_norm,
+                SELECT s.{ROW_NUMBER} AS row_number, s.problem, {email} AS email, {email_norm} AS email_norm,
                        {updated_at} AS updated_at, {fields} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
-                       {message_id} AS message_id, {properties} AS properties
-                FROM {self.stage} s
-                WHERE NOT EXISTS (SELECT 1 FROM _rejected r WHERE r.row_number = s.{ROW_NUMBER})
+                       {message_id} AS message_id, {properties} AS properties, {self._fingerprint_sql()} AS fingerprint
+                FROM (SELECT *, {self._problem_case()} AS problem FROM {self.stage} s OFFSET 0) s  -- OFFSET 0: evaluate once
             ) typed
         """
 
+    def _problem_case(self) -> str:
+        """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
+        whens = " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond, _, _) in enumerate(self._checks()))
+        return f"CASE {whens} END"
+
     def build_rows(self, conn: sa.Connection) -> int:
-        """Create the typed rows table from every row not rejected; returns its row count."""
+        """One pass over the staged rows: each row's first problem (if any) and its typed values."""
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.rows}")
         return conn.exec_driver_sql(
             f"CREATE UNLOGGED TABLE {self.rows} AS {self._typed_select()}",
@@ -403,12 +439,20 @@ class Validator:
 
         Returns (reported duplicates, identical rows merged).
         """
+        duplicated = conn.exec_driver_sql(
+            f"""CREATE TEMP TABLE _duplicated_keys ON COMMIT DROP AS
+            SELECT row_key FROM {self.rows} WHERE problem IS NULL GROUP BY row_key HAVING count(*) > 1"""
+        ).rowcount
+        if not duplicated:
+            conn.exec_driver_sql("DROP TABLE _duplicated_keys")
+            return 0, 0
         conn.exec_driver_sql(
             f"""CREATE TEMP TABLE _ranked ON COMMIT DROP AS
             SELECT row_number AS rn, row_key, fingerprint,
                    first_value(fingerprint) OVER w AS winner_fp, first_value(row_number) OVER w AS winner,
                    row_number() OVER w AS rank
-            FROM {self.rows} WINDOW w AS (PARTITION BY row_key ORDER BY updated_at DESC NULLS LAST, row_number DESC)"""
+            FROM {self.rows} WHERE problem IS NULL AND row_key IN (SELECT row_key FROM _duplicated_keys)
+            WINDOW w AS (PARTITION BY row_key ORDER BY updated_at DESC NULLS LAST, row_number DESC)"""
         )
         conn.exec_driver_sql("DELETE FROM _ranked WHERE rank = 1")
         reported = conn.exec_driver_sql(
@@ -429,17 +473,16 @@ class Validator:
         merged = conn.exec_driver_sql(
             f"DELETE FROM {self.rows} t USING _ranked k WHERE t.row_number = k.rn"
         ).rowcount
-        conn.exec_driver_sql("DROP TABLE _ranked")
+        conn.exec_driver_sql("DROP TABLE _ranked; DROP TABLE _duplicated_keys")
         return reported, merged - reported
 
     def run(self, conn: sa.Connection, queried: int) -> ValidationResult:
         conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+        built = self.build_rows(conn)
         rejected = self.reject_rows(conn)
-        self.build_rows(conn)
-        duplicates, _merged = self.reject_duplicates(conn)
-        conn.exec_driver_sql(f"CREATE INDEX ON {self.rows} (row_key)")
+        duplicates, merged = self.reject_duplicates(conn)
         conn.exec_driver_sql(f"ANALYZE {self.rows}")
-        accepted = conn.exec_driver_sql(f"SELECT count(*) FROM {self.rows}").scalar_one()
+        accepted = built - rejected - duplicates - merged
         return ValidationResult(
             queried=queried, accepted=accepted, rejected=rejected + duplicates, duplicates=duplicates
         )

@@ -11,8 +11,6 @@ from conversion_sync.config.store_schema import STANDARD_CONTACT_FIELDS
 from conversion_sync.config.syncs import SyncConfig
 from conversion_sync.store.identity import IdentityMatcher, lock_identities
 
-_STD_ARRAY = "ARRAY[" + ", ".join(f"'{f}'" for f in STANDARD_CONTACT_FIELDS) + "]::text[]"
-
 
 @dataclass
 class WriteCounts:
@@ -60,11 +58,11 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, int]:
                NULL::text AS outcome, false AS skip
         FROM {ctx.rows_table} r
         LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
-        WHERE f.fingerprint IS DISTINCT FROM r.fingerprint""",
+        WHERE r.problem IS NULL AND f.fingerprint IS DISTINCT FROM r.fingerprint""",
         _params(ctx),
     )
     conn.exec_driver_sql("ANALYZE _writes")
-    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table}").scalar_one()
+    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table} WHERE problem IS NULL").scalar_one()
     writes = conn.exec_driver_sql("SELECT count(*) FROM _writes").scalar_one()
     return total, writes
 
@@ -81,9 +79,9 @@ def _count_actions(conn: sa.Connection, counts: WriteCounts, total: int) -> None
 
 def _save_fingerprints(conn: sa.Connection, ctx: WriteContext) -> None:
     conn.exec_driver_sql(
-        """INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint, run_id)
-        SELECT %(sync)s, row_key, fingerprint, %(run_id)s FROM _writes WHERE NOT skip
-        ON CONFLICT (sync_name, row_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, run_id = EXCLUDED.run_id""",
+        """INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint)
+        SELECT %(sync)s, row_key, fingerprint FROM _writes WHERE NOT skip ORDER BY row_key
+        ON CONFLICT (sync_name, row_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint""",
         _params(ctx),
     )
 
@@ -111,42 +109,61 @@ def _forget_removed(conn: sa.Connection, ctx: WriteContext) -> None:
 # --- contacts --------------------------------------------------------------------------------------------
 
 
-def _field_is_newer(field_sql: str) -> str:
-    return f"w.ts >= coalesce((c.field_updated_at ->> {field_sql})::timestamptz, '-infinity')"
+def _newer(field: str) -> str:
+    """The row is at least as recent as the store's value of this field."""
+    return f"w.ts >= coalesce((c.field_updated_at ->> '{field}')::timestamptz, '-infinity')"
+
+
+def _json_pairs(pairs: list[tuple[str, str]]) -> str:
+    """jsonb_build_object over any number of pairs (it takes at most 100 arguments per call)."""
+    if not pairs:
+        return "'{}'::jsonb"
+    chunks = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
+    return " || ".join("jsonb_build_object(" + ", ".join(f"'{k}', {v}" for k, v in c) + ")" for c in chunks)
 
 
 def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
+    """New emails become contacts with all their fields in one INSERT; known ones get the fields they are newer for."""
     counts = WriteCounts()
     lock_identities(conn)
     total, _ = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
-    identity = ctx.matcher.resolve_table(
-        conn, "_writes", email_column="email", outcome_column="outcome", create=mode != "update"
-    )
-    counts.contacts_created = identity.created
+    ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=False, unique_emails=True)
     if mode == "update":
         conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
     elif mode == "insert":
-        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE outcome IS DISTINCT FROM 'created'")
-    _count_actions(conn, counts, total)
+        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NOT NULL")
     std = [f for f in STANDARD_CONTACT_FIELDS if f in ctx.written_fields]
-    sets = [
-        f"{f} = CASE WHEN w.fields ? '{f}' AND {_field_is_newer(repr(f))} THEN w.fields ->> '{f}' ELSE c.{f} END"
-        for f in std
-    ]
-    sets += [
-        f"""custom_fields = c.custom_fields || coalesce((
-            SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(w.fields - {_STD_ARRAY}) e
-            WHERE {_field_is_newer("e.key")}), '{{}}'::jsonb)""",
-        f"""field_updated_at = c.field_updated_at || coalesce((
-            SELECT jsonb_object_agg(e.key, to_jsonb(w.ts)) FROM jsonb_each(w.fields) e
-            WHERE {_field_is_newer("e.key")}), '{{}}'::jsonb)""",
-        "email = coalesce(c.email, w.email)",
-        "updated_at = now()",
-    ]
+    custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
+    custom_json = _json_pairs([(f, f"w.fields -> '{f}'") for f in custom])
+    stamps_json = _json_pairs([(f, "to_jsonb(w.ts)") for f in ctx.written_fields])
+    # Rule 3 of identity matching, with the row's fields: one contact per new email (rows are unique by email).
+    counts.contacts_created = conn.exec_driver_sql(
+        f"""INSERT INTO contacts (email, email_normalized, {", ".join([*std, "custom_fields", "field_updated_at"])})
+        SELECT w.email, w.email_norm, {", ".join([*(f"w.fields ->> '{f}'" for f in std), custom_json, stamps_json])}
+        FROM _writes w WHERE w.contact_id IS NULL AND NOT w.skip ORDER BY w.email_norm"""
+    ).rowcount
+    sets = [f"{f} = CASE WHEN {_newer(f)} THEN w.fields ->> '{f}' ELSE c.{f} END" for f in std]
+    # "Not newer" implies the field was written before with its timestamp, so the ELSE values exist.
+    if custom:
+        merged = _json_pairs(
+            [
+                (f, f"CASE WHEN {_newer(f)} THEN w.fields -> '{f}' ELSE c.custom_fields -> '{f}' END")
+                for f in custom
+            ]
+        )
+        sets.append(f"custom_fields = c.custom_fields || {merged}")
+    stamps = _json_pairs(
+        [
+            (f, f"CASE WHEN {_newer(f)} THEN to_jsonb(w.ts) ELSE c.field_updated_at -> '{f}' END")
+            for f in ctx.written_fields
+        ]
+    )
+    sets += [f"field_updated_at = c.field_updated_at || {stamps}", "updated_at = now()"]
     conn.exec_driver_sql(
         f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w WHERE c.id = w.contact_id AND NOT w.skip"
     )
+    _count_actions(conn, counts, total)
     _save_fingerprints(conn, ctx)
     counts.removed = _plan_removed(conn, ctx)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
@@ -158,7 +175,6 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         if ctx.sync.delete_behavior == "delete":
             conn.exec_driver_sql("DELETE FROM contacts c USING _removed_contacts r WHERE c.id = r.contact_id")
         else:
-            custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
             clears = [f"{f} = NULL" for f in std]
             array = "ARRAY[" + ", ".join(f"'{f}'" for f in custom) + "]::text[]"
             clears += [f"custom_fields = c.custom_fields - {array}", "updated_at = now()"]
@@ -200,7 +216,8 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     conn.exec_driver_sql(
         f"""INSERT INTO custom_objects (object_type, object_id, fields)
         SELECT DISTINCT ON (r.object_id) %(object_type)s, r.object_id, r.fields
-        FROM {ctx.rows_table} r WHERE r.object_id IN (SELECT object_id FROM _writes WHERE NOT skip)
+        FROM {ctx.rows_table} r
+        WHERE r.problem IS NULL AND r.object_id IN (SELECT object_id FROM _writes WHERE NOT skip)
         ORDER BY r.object_id, r.updated_at DESC NULLS LAST, r.row_number DESC
         ON CONFLICT (object_type, object_id) DO UPDATE
         SET fields = custom_objects.fields || EXCLUDED.fields, updated_at = now()""",
@@ -268,9 +285,9 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
         SELECT r.*, false AS skip FROM {ctx.rows_table} r
-        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = r.message_id)"""
+        WHERE r.problem IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = r.message_id)"""
     )
-    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table}").scalar_one()
+    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table} WHERE problem IS NULL").scalar_one()
     writes = conn.exec_driver_sql("SELECT count(*) FROM _writes").scalar_one()
     create = ctx.sync.mode != "update"
     identity = ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=create)

@@ -1,0 +1,171 @@
+"""`make bench`: build the data, run every path in its own process, print rows/s and peak RSS next to the floor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+warnings.filterwarnings("ignore")
+
+from bench.data import build_warehouse  # noqa: E402
+from bench.paths import write_config  # noqa: E402
+from conversion_sync.dev.embedded_postgres import start_embedded_postgres  # noqa: E402
+from conversion_sync.store.migrate import migrate_store  # noqa: E402
+
+RESULTS_FILE = Path(__file__).parent / "RESULTS.md"
+
+
+@dataclass
+class Row:
+    path: str
+    rows: int
+    seconds: float
+    peak_rss_mb: float
+    floor_ratio: float | None = None
+    target: str = ""
+    note: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def fresh_database(base_url: str, name: str) -> str:
+    prefix, _, query = base_url.partition("?")
+    admin = f"{prefix.rsplit('/', 1)[0]}/postgres?{query}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = f"{prefix.rsplit('/', 1)[0]}/{name}?{query}"
+    migrate_store(url)
+    return url
+
+
+def run_path(name: str, settings: dict[str, Any], store_url: str) -> dict[str, Any]:
+    env = {**os.environ, "CONVERSION_STORE_URL": store_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.paths", name, json.dumps(settings)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line.removeprefix("BENCH-RESULT "))
+    raise RuntimeError(f"bench path {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line
+    )
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {memory_kb // 1024 // 1024} GiB RAM, "
+        f"Python {platform.python_version()}, embedded PostgreSQL 16 (pgserver)"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| path | rows | seconds | rows/s | peak RSS (MB) | × floor | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ratio = f"{r.floor_ratio:.2f}" if r.floor_ratio is not None else ""
+        lines.append(
+            f"| {r.path} | {r.rows:,} | {r.seconds:.1f} | {r.rows_per_s:,.0f} | {r.peak_rss_mb:.0f} | {ratio} | "
+            f"{r.target}{(' — ' + r.note) if r.note else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--objects", type=int, default=200_000)
+    parser.add_argument("--memory-rows", type=int, default=4_000_000, help="0 skips the memory-flatness run")
+    args = parser.parse_args(argv)
+
+    data_dir = Path(os.environ.get("CONVERSION_SYNC_DATA_DIR", ".data")).resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["CONVERSION_SYNC_DATA_DIR"] = str(data_dir)
+    base_url = start_embedded_postgres(data_dir)
+    started = time.perf_counter()
+    print(f"building the warehouse in {data_dir} …", flush=True)
+    warehouse = build_warehouse(data_dir / "warehouse.duckdb", args.contacts, args.events, args.objects)
+    config = write_config(data_dir / "config", warehouse, args.contacts, args.events, args.objects)
+    settings = {"config": str(config)}
+    results: list[Row] = []
+
+    store = fresh_database(base_url, "bench_store")
+    floor = run_path("floor", {"warehouse": str(warehouse), "table": f"users_{args.contacts}"}, store)
+    floor_rate = floor["rows"] / floor["seconds"]
+    results.append(
+        Row(
+            "floor: Arrow → COPY → one INSERT … ON CONFLICT",
+            floor["rows"],
+            floor["seconds"],
+            floor["peak_rss_mb"],
+            1.0,
+        )
+    )
+
+    def add(path: str, result: dict[str, Any], target: str, ratio: bool = True, note: str = "") -> Row:
+        row = Row(path, result["rows"], result["seconds"], result["peak_rss_mb"], target=target, note=note)
+        if ratio:
+            row.floor_ratio = row.rows_per_s / floor_rate
+        results.append(row)
+        print(table(results[-1:]).splitlines()[-1], flush=True)
+        return row
+
+    first = add("contacts sync, first run", run_path("contacts", settings, store), "≥ 0.8 × floor")
+    again_result = run_path("contacts", settings, store)
+    again = add("contacts sync again, no change", again_result, "≥ 3 × faster than first run")
+    again.note = f"{first.seconds / again.seconds:.1f}× faster than the first run"
+    add("events sync (message_id)", run_path("events", settings, store), "≥ 0.8 × floor")
+    add("custom objects with relationships", run_path("objects", settings, store), "≥ 0.5 × floor")
+    if args.memory_rows:
+        big_dir = data_dir / "config_memory"
+        build_warehouse(warehouse, args.memory_rows, 1, 1)
+        write_config(big_dir, warehouse, args.memory_rows, 1, 1)
+        big_store = fresh_database(base_url, "bench_store_memory")
+        big = add(
+            f"contacts sync, {args.memory_rows:,} rows (memory)",
+            run_path("contacts", {"config": str(big_dir)}, big_store),
+            "RSS ≤ 1.15 × the 1M figure",
+        )
+        big.note = f"RSS {big.peak_rss_mb / first.peak_rss_mb:.2f} × the {args.contacts:,}-row run"
+
+    report = (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; "
+        f"total {time.perf_counter() - started:.0f} s.\n\n{table(results)}\n"
+    )
+    print("\n" + report)
+    RESULTS_FILE.write_text("# make bench — latest results\n\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

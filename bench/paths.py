@@ -1,0 +1,120 @@
+"""One benchmark path per call, run in its own process so its peak RSS is its own: `python -m bench.paths NAME`."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore")
+
+from conversion_sync.config import load_project_config  # noqa: E402
+from conversion_sync.config.warehouses import DuckDBWarehouseConfig  # noqa: E402
+from conversion_sync.store.connection import store_engine  # noqa: E402
+from conversion_sync.store.contact_store import ContactStore  # noqa: E402
+from conversion_sync.store.staging import adbc_connection  # noqa: E402
+from conversion_sync.syncs.runner import SyncRunner  # noqa: E402
+from conversion_sync.warehouses import open_warehouse  # noqa: E402
+
+SCHEMA_YAML = """contact_fields: {plan: string, seats: integer}
+object_types:
+  product: {fields: {name: string, sku: string}}
+"""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_config(directory: Path, warehouse: Path, contacts: int, events: int, objects: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "warehouses.yaml").write_text(
+        f"warehouses:\n  bench: {{type: duckdb, path: '{warehouse}'}}\n"
+    )
+    (directory / "schema.yaml").write_text(SCHEMA_YAML)
+    (directory / "contacts.yaml").write_text(
+        f"name: contacts\nwarehouse: bench\ndestination: {{type: contacts}}\n"
+        f"query: SELECT * FROM users_{contacts}\n"  # full query: a re-run reads and compares every row
+    )
+    (directory / "events.yaml").write_text(
+        f"name: events\nwarehouse: bench\ndestination: {{type: events}}\nquery: SELECT * FROM events_{events}\n"
+    )
+    (directory / "objects.yaml").write_text(
+        "name: objects\nwarehouse: bench\ndestination: {type: custom_objects, object_type: product}\n"
+        f"query: SELECT * FROM owners_{objects}\n"
+    )
+    return directory
+
+
+def run_sync(config_dir: Path, name: str, store_url: str) -> dict[str, Any]:
+    """The real path: the same query → validate → write steps the Dagster ops run."""
+    project = load_project_config(config_dir)
+    runner = SyncRunner(project.syncs[name], project, ContactStore(url=store_url))
+    started = time.perf_counter()
+    outcome = runner.run(run_id=f"bench-{uuid.uuid4()}")
+    seconds = time.perf_counter() - started
+    return {
+        "rows": outcome.counts["queried"],
+        "seconds": seconds,
+        "counts": outcome.counts,
+        "steps": outcome.durations,
+    }
+
+
+FLOOR_TABLE = "bench_floor_contacts"
+
+
+def run_floor(warehouse: Path, table: str, store_url: str) -> dict[str, Any]:
+    """Raw floor: Arrow batches from DuckDB → ADBC COPY into a staging table → one INSERT … ON CONFLICT merge
+    into a table shaped like contacts (same columns and indexes)."""
+    engine = store_engine(store_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {FLOOR_TABLE}; DROP TABLE IF EXISTS bench_floor_stage")
+        conn.exec_driver_sql(f"CREATE TABLE {FLOOR_TABLE} (LIKE contacts INCLUDING ALL)")
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX ON {FLOOR_TABLE} (email_normalized)")
+    started = time.perf_counter()
+    config = DuckDBWarehouseConfig(type="duckdb", path=str(warehouse))
+    rows = 0
+    with open_warehouse("bench", config) as source, adbc_connection(store_url) as adbc:
+        for batch in source.stream(f"SELECT * FROM {table}"):
+            with adbc.cursor() as cursor:
+                mode = "append" if rows else "create"
+                cursor.adbc_ingest("bench_floor_stage", batch, mode=mode, temporary=False)
+            adbc.commit()
+            rows += batch.num_rows
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"""INSERT INTO {FLOOR_TABLE} (email, email_normalized, first_name, last_name, job_title, phone, city,
+                                           custom_fields)
+            SELECT email, lower(email), first_name, last_name, job_title, phone, city,
+                   jsonb_build_object('plan', plan, 'seats', seats)
+            FROM bench_floor_stage
+            ON CONFLICT (email_normalized) DO UPDATE SET first_name = EXCLUDED.first_name,
+                last_name = EXCLUDED.last_name, job_title = EXCLUDED.job_title, phone = EXCLUDED.phone,
+                city = EXCLUDED.city, custom_fields = EXCLUDED.custom_fields, updated_at = now()"""
+        )
+    seconds = time.perf_counter() - started
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {FLOOR_TABLE}; DROP TABLE bench_floor_stage")
+    return {"rows": rows, "seconds": seconds}
+
+
+def main() -> None:
+    name, settings = sys.argv[1], json.loads(sys.argv[2])
+    store_url = os.environ["CONVERSION_STORE_URL"]
+    if name == "floor":
+        result = run_floor(Path(settings["warehouse"]), settings["table"], store_url)
+    else:
+        result = run_sync(Path(settings["config"]), name, store_url)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("BENCH-RESULT " + json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

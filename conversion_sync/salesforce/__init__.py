@@ -1,0 +1,1 @@
+"""Salesforce: the client resource, API budget, polling of Accounts, Leads and Contacts, and its Dagster assets."""

@@ -1,0 +1,681 @@
+"""Salesforce polling (SPEC §4): Accounts → companies, Leads and Contacts → contacts, incremental on SystemModstamp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.config.store_schema import RESERVED_CONTACT_NAMES, STANDARD_CONTACT_FIELDS
+from conversion_sync.salesforce.budget import ApiBudget, ApiBudgetExhausted
+from conversion_sync.salesforce.client import SalesforceClient
+from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.store.identity import IdentityMatcher, lock_identities
+
+POLL_ORDER = ("Account", "Lead", "Contact")
+"""Accounts first, so companies exist before people link to them; Leads before Contacts, so a converted
+Lead's store contact is re-linked to its new Contact before that Contact is read (read the other way
+round, the new Contact would get a second store contact)."""
+
+CURSOR_PREFIX = "salesforce_poll:"
+"""sync_state rows `salesforce_poll:Account|Lead|Contact`: watermark = SystemModstamp committed up to."""
+
+POLL_LOCK_KEY = 7_310_004
+"""Session advisory lock held for a whole poll: two polls never work on the same cursors at once."""
+
+CONFLICT_PREVIEW_LIMIT = 20
+COMPANY_COLUMNS = ("name",)
+RESERVED_COMPANY_NAMES = frozenset(
+    {"id", "salesforce_account_id", "fields", "field_updated_at", "created_at"}
+)
+_STORE_FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_SALESFORCE_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+
+CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
+    "Account": ("Id", "IsDeleted", "MasterRecordId", "SystemModstamp", "LastModifiedDate"),
+    "Lead": (
+        "Id",
+        "IsDeleted",
+        "MasterRecordId",
+        "SystemModstamp",
+        "LastModifiedDate",
+        "Email",
+        "IsConverted",
+        "ConvertedContactId",
+        "ConvertedAccountId",
+    ),
+    "Contact": (
+        "Id",
+        "IsDeleted",
+        "MasterRecordId",
+        "SystemModstamp",
+        "LastModifiedDate",
+        "Email",
+        "AccountId",
+    ),
+}
+"""Fields every poll reads besides the mapped ones: identity, deletion/merge, conversion, company link."""
+
+_STAGED_COLUMNS = (
+    "sf_id",
+    "is_deleted",
+    "master_id",
+    "email",
+    "account_id",
+    "is_converted",
+    "converted_contact_id",
+    "converted_account_id",
+    "last_modified",
+    "system_modstamp",
+    "fields",
+)
+
+
+class SalesforceMappingError(ValueError):
+    """A field mapping in salesforce.yaml that cannot be polled (names the object and field)."""
+
+
+class PollInProgress(RuntimeError):
+    """Another poll holds the poll lock."""
+
+
+@dataclass(frozen=True)
+class MappedField:
+    """One mapped field of one Salesforce object: where it lands in the store and who wins a conflict."""
+
+    store_field: str
+    salesforce_field: str
+    preference: str
+    is_column: bool
+    """A column of contacts/companies (first_name, name, …); else a key of custom_fields / fields."""
+
+
+def mapped_fields(config: SalesforceConfig, sobject: str) -> list[MappedField]:
+    """The synced (not do_not_sync) field mappings of `sobject`; SalesforceMappingError for unusable names."""
+    columns = COMPANY_COLUMNS if sobject == "Account" else STANDARD_CONTACT_FIELDS
+    reserved = RESERVED_COMPANY_NAMES if sobject == "Account" else RESERVED_CONTACT_NAMES
+    out = []
+    for store_field, mapping in config.field_mappings.get(sobject, {}).items():  # type: ignore[call-overload]
+        where = f"salesforce.yaml: field_mappings.{sobject}.{store_field}"
+        if not _STORE_FIELD.match(store_field) or store_field in reserved or store_field == "updated_at":
+            raise SalesforceMappingError(
+                f"{where}: '{store_field}' cannot receive Salesforce values; use a store field name of "
+                f"lower-case letters, digits and underscores, not one of {', '.join(sorted(reserved))}"
+            )
+        if not _SALESFORCE_FIELD.match(mapping.salesforce):
+            raise SalesforceMappingError(f"{where}: '{mapping.salesforce}' is not a Salesforce field name")
+        if mapping.preference != "do_not_sync":
+            out.append(
+                MappedField(store_field, mapping.salesforce, mapping.preference, store_field in columns)
+            )
+    return out
+
+
+def select_list(sobject: str, mapped: Sequence[MappedField]) -> list[str]:
+    """Control fields, then mapped Salesforce fields, each once (field names are case-insensitive)."""
+    names: dict[str, str] = {}
+    for name in (*CONTROL_FIELDS[sobject], *(m.salesforce_field for m in mapped)):
+        names.setdefault(name.lower(), name)
+    return list(names.values())
+
+
+def soql_datetime(value: datetime) -> str:
+    """A SOQL dateTime literal (whole seconds, UTC)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _whole_seconds(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RecordCounts:
+    """What happened to the records of one object (or one batch of them)."""
+
+    read: int = 0
+    skipped_no_email: int = 0
+    created: int = 0
+    linked: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    unlinked: int = 0
+    relinked: int = 0
+    conflicts: int = 0
+
+    def add(self, other: RecordCounts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class ObjectPoll:
+    """One object's part of a poll: counts, how it was read, and its cursor afterwards."""
+
+    sobject: str
+    counts: RecordCounts = field(default_factory=RecordCounts)
+    mode: str = "rest"
+    batches: int = 0
+    cursor: datetime | None = None
+    complete: bool = False
+
+
+@dataclass
+class PollOutcome:
+    """Everything a poll run reports (one Dagster materialization)."""
+
+    upper_bound: datetime
+    objects: dict[str, ObjectPoll]
+    budget: ApiBudget
+    stopped_early: str | None = None
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped_early is None and all(o.complete for o in self.objects.values())
+
+
+class SalesforcePoller:
+    """Reads what changed in Salesforce since each object's cursor and merges it into the store.
+
+    Per object: `SystemModstamp >= cursor - overlap AND SystemModstamp <= upper bound ORDER BY SystemModstamp,
+    Id` through queryAll (deleted and merged records included), 2000 records a page, a Bulk API 2.0 query
+    job for a first load above `bulk_threshold`. Each page is staged, matched and merged in one
+    transaction that also moves the cursor, so a stopped or failed poll resumes from its last commit;
+    re-reading a record changes nothing.
+    """
+
+    def __init__(
+        self,
+        config: SalesforceConfig,
+        store: ContactStore,
+        identity: IdentityMatcher,
+        client: SalesforceClient,
+        *,
+        run_id: str = "",
+        now: Callable[[], datetime] = _utc_now,
+        logger: logging.Logger | None = None,
+        bulk_max_records: int = 50_000,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.client = client
+        self.run_id = run_id
+        self.now = now
+        self.log = logger or logging.getLogger(__name__)
+        self.bulk_max_records = bulk_max_records
+        self.outcome = PollOutcome(
+            upper_bound=_whole_seconds(now()),
+            objects={s: ObjectPoll(s) for s in POLL_ORDER},
+            budget=client.budget,
+        )
+
+    def run(self) -> PollOutcome:
+        """Poll Account, Lead and Contact; stops cleanly (stopped_early) when the API budget runs out."""
+        started = time.perf_counter()
+        outcome = self.outcome
+        outcome.upper_bound = _whole_seconds(self.now() - self.config.poll_upper_bound_lag)
+        mappings = {sobject: mapped_fields(self.config, sobject) for sobject in POLL_ORDER}
+        try:
+            with self._exclusive():
+                for sobject in POLL_ORDER:
+                    try:
+                        self._poll_object(outcome.objects[sobject], mappings[sobject])
+                    except ApiBudgetExhausted as exc:
+                        outcome.stopped_early = exc.reason
+                        self.log.warning(
+                            f"Salesforce poll stopped early while reading {sobject}: {exc.reason}. Everything "
+                            "read so far is committed; the next poll continues from each object's cursor."
+                        )
+                        break
+        finally:
+            outcome.duration_seconds = time.perf_counter() - started
+        return outcome
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self.store.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (POLL_LOCK_KEY,)).scalar_one():
+                raise PollInProgress(
+                    "another Salesforce poll is running against this store (it holds the poll lock); "
+                    "this run did nothing"
+                )
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (POLL_LOCK_KEY,))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _poll_object(self, poll: ObjectPoll, mapped: list[MappedField]) -> None:
+        sobject = poll.sobject
+        upper = self.outcome.upper_bound
+        with self.store.begin() as conn:
+            watermark = read_cursor(conn, sobject)
+        poll.cursor = watermark
+        conditions = [f"SystemModstamp <= {soql_datetime(upper)}"]
+        if watermark is not None:
+            lower = _whole_seconds(watermark - self.config.poll_overlap)
+            conditions.insert(0, f"SystemModstamp >= {soql_datetime(lower)}")
+        select = ", ".join(select_list(sobject, mapped))
+        where = " AND ".join(conditions)
+        page = self.client.query(
+            f"SELECT {select} FROM {sobject} WHERE {where} ORDER BY SystemModstamp, Id", include_deleted=True
+        )
+        if watermark is None and page.total_size > self.config.bulk_threshold:
+            self.log.info(
+                f"{sobject}: first load of {page.total_size} records (above bulk_threshold "
+                f"{self.config.bulk_threshold}); reading them with a Bulk API 2.0 query job"
+            )
+            self._bulk_load(poll, mapped, f"SELECT {select} FROM {sobject} WHERE {where}")
+            return
+        while True:
+            next_url = page.next_records_url
+            cursor = upper if next_url is None else _parse_datetime(page.records[-1]["SystemModstamp"])
+            self._merge_batch(poll, mapped, page.records, cursor, complete=next_url is None)
+            if next_url is None:
+                return
+            page = self.client.query_more(next_url)
+
+    def _bulk_load(self, poll: ObjectPoll, mapped: list[MappedField], soql: str) -> None:
+        """A Bulk API 2.0 first load: result chunks are unordered, so the cursor moves with the last one."""
+        poll.mode = "bulk"
+        types = self.client.field_types(poll.sobject)
+        chunks = self.client.bulk_query(
+            poll.sobject, soql, include_deleted=True, field_types=types, max_records=self.bulk_max_records
+        )
+        pending: list[dict[str, Any]] | None = None
+        for chunk in chunks:
+            if pending is not None:
+                self._merge_batch(poll, mapped, pending, None, complete=False)
+            pending = chunk
+        self._merge_batch(poll, mapped, pending or [], self.outcome.upper_bound, complete=True)
+
+    # -- one batch, one transaction ---------------------------------------------------------
+
+    def _merge_batch(
+        self,
+        poll: ObjectPoll,
+        mapped: list[MappedField],
+        records: list[dict[str, Any]],
+        cursor: datetime | None,
+        *,
+        complete: bool,
+    ) -> None:
+        """Stage, match and merge one page/chunk, and move the cursor, in a single transaction."""
+        rows = staged_rows(poll.sobject, mapped, records)
+        batch = RecordCounts(read=len(records))
+        conflicts: list[dict[str, Any]] = []
+        with self.store.begin() as conn:
+            if rows:
+                lock_identities(conn)
+                stage_records(conn, rows)
+                if poll.sobject == "Account":
+                    merge_accounts(conn, mapped, batch)
+                else:
+                    merge_people(conn, poll.sobject, mapped, self.identity, batch, conflicts)
+            if cursor is not None:
+                save_cursor(conn, poll.sobject, cursor, self.run_id, mode=poll.mode, complete=complete)
+        poll.counts.add(batch)
+        poll.batches += 1
+        poll.complete = complete
+        if cursor is not None and (poll.cursor is None or cursor > poll.cursor):
+            poll.cursor = cursor
+        room = CONFLICT_PREVIEW_LIMIT - len(self.outcome.conflicts)
+        self.outcome.conflicts.extend(conflicts[: max(0, room)])
+
+
+def _parse_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+# -- cursors ----------------------------------------------------------------------------------
+
+
+def cursor_name(sobject: str) -> str:
+    return f"{CURSOR_PREFIX}{sobject}"
+
+
+def read_cursor(conn: sa.Connection, sobject: str) -> datetime | None:
+    """The SystemModstamp up to which `sobject` is committed, None before the first load."""
+    return conn.exec_driver_sql(
+        "SELECT watermark FROM sync_state WHERE sync_name = %s", (cursor_name(sobject),)
+    ).scalar()
+
+
+def save_cursor(
+    conn: sa.Connection, sobject: str, watermark: datetime, run_id: str, *, mode: str, complete: bool
+) -> None:
+    """Move the cursor (never backwards); call in the transaction that committed the batch."""
+    details = {
+        "object": sobject,
+        "mode": mode,
+        "complete": complete,
+        "system_modstamp": watermark.isoformat(),
+    }
+    conn.exec_driver_sql(
+        """INSERT INTO sync_state (sync_name, watermark, cursor, last_run_id, last_success_at, updated_at)
+        VALUES (%(name)s, %(watermark)s, %(cursor)s::jsonb, %(run)s, now(), now())
+        ON CONFLICT (sync_name) DO UPDATE SET watermark = GREATEST(sync_state.watermark, EXCLUDED.watermark),
+            cursor = EXCLUDED.cursor, last_run_id = EXCLUDED.last_run_id, last_success_at = now(),
+            updated_at = now()""",
+        {"name": cursor_name(sobject), "watermark": watermark, "cursor": json.dumps(details), "run": run_id},
+    )
+
+
+# -- staging ----------------------------------------------------------------------------------
+
+
+def staged_rows(
+    sobject: str, mapped: Sequence[MappedField], records: Sequence[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Salesforce records → rows of _sf_records (mapped values as one JSON object per record)."""
+    if not records:
+        return []
+    keys = {name.lower(): name for name in records[0]}
+
+    def key(name: str) -> str:
+        return keys.get(name.lower(), name)
+
+    k_id, k_deleted, k_master = key("Id"), key("IsDeleted"), key("MasterRecordId")
+    k_modified, k_stamp = key("LastModifiedDate"), key("SystemModstamp")
+    k_email = key("Email") if sobject != "Account" else None
+    k_account = key("AccountId") if sobject == "Contact" else None
+    k_converted = key("IsConverted") if sobject == "Lead" else None
+    k_converted_contact = key("ConvertedContactId") if sobject == "Lead" else None
+    k_converted_account = key("ConvertedAccountId") if sobject == "Lead" else None
+    values = [(m.store_field, key(m.salesforce_field)) for m in mapped]
+    return [
+        (
+            record[k_id],
+            bool(record.get(k_deleted)),
+            record.get(k_master),
+            record.get(k_email) if k_email else None,
+            record.get(k_account) if k_account else None,
+            bool(record.get(k_converted)) if k_converted else False,
+            record.get(k_converted_contact) if k_converted_contact else None,
+            record.get(k_converted_account) if k_converted_account else None,
+            record.get(k_modified),
+            record.get(k_stamp),
+            json.dumps({store_field: record.get(sf_key) for store_field, sf_key in values}),
+        )
+        for record in records
+    ]
+
+
+def stage_records(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """COPY one batch into the transaction's temp table _sf_records."""
+    conn.exec_driver_sql(
+        """CREATE TEMP TABLE _sf_records (
+            sf_id text PRIMARY KEY, is_deleted boolean NOT NULL, master_id text, email text, account_id text,
+            is_converted boolean NOT NULL, converted_contact_id text, converted_account_id text,
+            last_modified timestamptz, system_modstamp timestamptz, fields jsonb NOT NULL
+        ) ON COMMIT DROP"""
+    )
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY _sf_records ({', '.join(_STAGED_COLUMNS)}) FROM STDIN") as copy,  # type: ignore[attr-defined]
+    ):
+        for row in rows:
+            copy.write_row(row)
+    conn.exec_driver_sql("ANALYZE _sf_records")
+
+
+# -- field sync -------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldSyncSql:
+    """SQL pieces of one field-sync UPDATE: decisions over the current row `cur` and staged record `r`,
+    SET clauses for the target `t` from decisions `d`, and the flags saying a field is written."""
+
+    decisions: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+
+def field_sync_sql(mapped: Sequence[MappedField], *, bag: str) -> FieldSyncSql:
+    """Per mapped field: the Salesforce value applies when the record's LastModifiedDate is newer than the
+    field's field_updated_at (most_recent; Salesforce nulls never clear a value), always when it differs
+    (salesforce_wins), or only into an empty field (conversion_wins). `bag` is the jsonb column for
+    fields that are not columns."""
+    sql = FieldSyncSql()
+    bag_parts: list[str] = []
+    stamp_parts: list[str] = []
+    for i, m in enumerate(mapped):
+        name = m.store_field
+        if m.is_column:
+            new, current = f"(r.fields ->> '{name}')", f"cur.{name}"
+        else:
+            new, current = f"NULLIF(r.fields -> '{name}', 'null'::jsonb)", f"(cur.{bag} -> '{name}')"
+        stamp = f"(cur.field_updated_at ->> '{name}')"
+        newer = f"({stamp} IS NULL OR r.last_modified > {stamp}::timestamptz)"
+        if m.preference == "salesforce_wins":
+            applies = f"{current} IS DISTINCT FROM {new}"
+        elif m.preference == "conversion_wins":
+            applies = f"{new} IS NOT NULL AND {current} IS NULL AND {newer}"
+        else:
+            applies = f"{new} IS NOT NULL AND {newer} AND {current} IS DISTINCT FROM {new}"
+        sql.decisions += [f"{new} AS new_{i}", f"coalesce({applies}, false) AS apply_{i}"]
+        sql.flags.append(f"d.apply_{i}")
+        if m.is_column:
+            sql.sets.append(f"{name} = CASE WHEN d.apply_{i} THEN d.new_{i} ELSE t.{name} END")
+        else:
+            bag_parts.append(
+                f"CASE WHEN d.apply_{i} THEN jsonb_build_object('{name}', d.new_{i}) ELSE '{{}}' END"
+            )
+        stamp_parts.append(
+            f"CASE WHEN d.apply_{i} THEN jsonb_build_object('{name}', to_jsonb(d.ts)) ELSE '{{}}' END"
+        )
+    if bag_parts:
+        sql.sets.append(f"{bag} = t.{bag} || " + " || ".join(bag_parts))
+    if stamp_parts:
+        sql.sets.append("field_updated_at = t.field_updated_at || " + " || ".join(stamp_parts))
+    return sql
+
+
+# -- merging people (Leads, Contacts) -----------------------------------------------------------
+
+
+def merge_people(
+    conn: sa.Connection,
+    sobject: str,
+    mapped: Sequence[MappedField],
+    identity: IdentityMatcher,
+    counts: RecordCounts,
+    conflicts: list[dict[str, Any]],
+) -> None:
+    """Merged/converted records re-link, deleted ones unlink, live ones with email are matched (SPEC §5)
+    and their mapped fields synced; all set-based over _sf_records."""
+    relink_people(conn, sobject, counts, conflicts)
+    counts.unlinked += conn.exec_driver_sql(
+        """UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
+        FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_id = r.sf_id"""
+    ).rowcount
+    live = "NOT is_deleted AND NOT is_converted"
+    counts.skipped_no_email += conn.exec_driver_sql(
+        f"SELECT count(*) FROM _sf_records WHERE {live} AND NULLIF(btrim(email), '') IS NULL"
+    ).scalar_one()
+    resolvable = conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE _sf_identities ON COMMIT DROP AS
+        SELECT sf_id, %(type)s::text AS sf_type, btrim(email) AS email, NULL::bigint AS contact_id,
+               NULL::text AS outcome
+        FROM _sf_records WHERE {live} AND NULLIF(btrim(email), '') IS NOT NULL""",
+        {"type": sobject},
+    ).rowcount
+    if not resolvable:
+        return
+    matched = identity.resolve_table(
+        conn,
+        "_sf_identities",
+        email_column="email",
+        salesforce_id_column="sf_id",
+        salesforce_type_column="sf_type",
+        outcome_column="outcome",
+    )
+    counts.created += matched.created
+    counts.linked += matched.linked_by_email
+    is_contact = sobject == "Contact"
+    if is_contact:
+        conn.exec_driver_sql(
+            """INSERT INTO companies (salesforce_account_id)
+            SELECT DISTINCT r.account_id FROM _sf_records r
+            WHERE r.account_id IS NOT NULL AND NOT r.is_deleted
+              AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = r.account_id)
+            ON CONFLICT (salesforce_account_id) DO NOTHING"""
+        )
+    sync = field_sync_sql(mapped, bag="custom_fields")
+    if is_contact:
+        sync.decisions += ["co.id AS company_id", "cur.company_id IS DISTINCT FROM co.id AS apply_company"]
+        sync.sets.append("company_id = CASE WHEN d.apply_company THEN d.company_id ELSE t.company_id END")
+        sync.flags.append("d.apply_company")
+    updated = 0
+    if sync.flags:
+        company_join = (
+            "LEFT JOIN companies co ON co.salesforce_account_id = r.account_id" if is_contact else ""
+        )
+        updated = conn.exec_driver_sql(
+            f"""WITH d AS (
+                SELECT i.contact_id, i.outcome, r.last_modified AS ts, {", ".join(sync.decisions)}
+                FROM _sf_identities i JOIN _sf_records r ON r.sf_id = i.sf_id
+                JOIN contacts cur ON cur.id = i.contact_id {company_join}
+            ), changed AS (
+                UPDATE contacts t SET {", ".join([*sync.sets, "updated_at = now()"])}
+                FROM d WHERE t.id = d.contact_id AND ({" OR ".join(sync.flags)})
+                RETURNING d.outcome
+            )
+            SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'"""
+        ).scalar_one()
+    counts.updated += updated
+    counts.unchanged += matched.matched_by_salesforce_id - updated
+
+
+def relink_people(
+    conn: sa.Connection, sobject: str, counts: RecordCounts, conflicts: list[dict[str, Any]]
+) -> None:
+    """A merged record's store contact moves to the master; a converted Lead's to its Contact (and that
+    Contact's Account's company). When the target already has a store contact, that one keeps the link,
+    the other is unlinked and reported."""
+    run = conn.exec_driver_sql
+    relinks = run(
+        """CREATE TEMP TABLE _sf_relinks ON COMMIT DROP AS
+        SELECT sf_id AS from_id, master_id AS to_id, %(type)s::text AS to_type, NULL::text AS to_account_id,
+               'merged' AS kind
+        FROM _sf_records WHERE is_deleted AND master_id IS NOT NULL
+        UNION ALL
+        SELECT sf_id, converted_contact_id, 'Contact', converted_account_id, 'converted'
+        FROM _sf_records WHERE is_converted AND converted_contact_id IS NOT NULL""",
+        {"type": sobject},
+    ).rowcount
+    if not relinks:
+        return
+    run(
+        """INSERT INTO companies (salesforce_account_id)
+        SELECT DISTINCT l.to_account_id FROM _sf_relinks l
+        WHERE l.to_account_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = l.to_account_id)
+        ON CONFLICT (salesforce_account_id) DO NOTHING"""
+    )
+    run(
+        """CREATE TEMP TABLE _sf_moves ON COMMIT DROP AS
+        SELECT l.kind, l.from_id, l.to_id, l.to_type, l.to_account_id, moving.id AS contact_id,
+               coalesce(kept.id, first_value(moving.id) OVER newest) AS kept_contact_id,
+               kept.id IS NULL AND row_number() OVER newest = 1 AS takes_link
+        FROM _sf_relinks l JOIN contacts moving ON moving.salesforce_id = l.from_id
+        LEFT JOIN contacts kept ON kept.salesforce_id = l.to_id
+        WINDOW newest AS (PARTITION BY l.to_id ORDER BY moving.updated_at DESC, moving.id DESC)"""
+    )
+    counts.conflicts += run(
+        """UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
+        FROM _sf_moves m WHERE c.id = m.contact_id AND NOT m.takes_link"""
+    ).rowcount
+    counts.relinked += run(
+        """UPDATE contacts c SET salesforce_id = m.to_id, salesforce_type = m.to_type,
+            company_id = CASE WHEN m.to_account_id IS NULL THEN c.company_id ELSE co.id END, updated_at = now()
+        FROM _sf_moves m LEFT JOIN companies co ON co.salesforce_account_id = m.to_account_id
+        WHERE c.id = m.contact_id AND m.takes_link"""
+    ).rowcount
+    rows = run(
+        f"""SELECT kind, from_id, to_id, contact_id, kept_contact_id FROM _sf_moves WHERE NOT takes_link
+        ORDER BY contact_id LIMIT {CONFLICT_PREVIEW_LIMIT}"""
+    ).all()
+    conflicts.extend(
+        {
+            "kind": kind,
+            "salesforce_id": from_id,
+            "now_salesforce_id": to_id,
+            "unlinked_contact_id": contact_id,
+            "kept_contact_id": kept,
+        }
+        for kind, from_id, to_id, contact_id, kept in rows
+    )
+
+
+# -- merging companies (Accounts) -------------------------------------------------------------
+
+
+def merge_accounts(conn: sa.Connection, mapped: Sequence[MappedField], counts: RecordCounts) -> None:
+    """Accounts → companies by salesforce_account_id: a merged Account's company takes the master's id unless
+    the master has one; a deleted Account's company is unlinked (it stays); live ones are upserted."""
+    run = conn.exec_driver_sql
+    run(
+        """CREATE TEMP TABLE _sf_company_moves ON COMMIT DROP AS
+        SELECT r.master_id AS to_id, moving.id AS company_id,
+               kept.id IS NULL AND row_number() OVER (
+                   PARTITION BY r.master_id ORDER BY moving.updated_at DESC, moving.id DESC) = 1 AS takes_link
+        FROM _sf_records r JOIN companies moving ON moving.salesforce_account_id = r.sf_id
+        LEFT JOIN companies kept ON kept.salesforce_account_id = r.master_id
+        WHERE r.is_deleted AND r.master_id IS NOT NULL"""
+    )
+    counts.unlinked += run(
+        """UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
+        FROM _sf_company_moves m WHERE c.id = m.company_id AND NOT m.takes_link"""
+    ).rowcount
+    counts.relinked += run(
+        """UPDATE companies c SET salesforce_account_id = m.to_id, updated_at = now()
+        FROM _sf_company_moves m WHERE c.id = m.company_id AND m.takes_link"""
+    ).rowcount
+    counts.unlinked += run(
+        """UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
+        FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_account_id = r.sf_id"""
+    ).rowcount
+    created = run(
+        """INSERT INTO companies (salesforce_account_id) SELECT sf_id FROM _sf_records WHERE NOT is_deleted
+        ON CONFLICT (salesforce_account_id) DO NOTHING"""
+    ).rowcount
+    counts.created += created
+    live = run("SELECT count(*) FROM _sf_records WHERE NOT is_deleted").scalar_one()
+    sync = field_sync_sql(mapped, bag="fields")
+    updated = 0
+    if sync.flags:
+        updated = run(
+            f"""WITH d AS (
+                SELECT cur.id AS company_id, cur.created_at = now() AS is_new, r.last_modified AS ts,
+                       {", ".join(sync.decisions)}
+                FROM _sf_records r JOIN companies cur ON cur.salesforce_account_id = r.sf_id
+                WHERE NOT r.is_deleted
+            ), changed AS (
+                UPDATE companies t SET {", ".join([*sync.sets, "updated_at = now()"])}
+                FROM d WHERE t.id = d.company_id AND ({" OR ".join(sync.flags)})
+                RETURNING d.is_new
+            )
+            SELECT count(*) FROM changed WHERE NOT is_new"""
+        ).scalar_one()
+    counts.updated += updated
+    counts.unchanged += live - created - updated
