@@ -9,6 +9,7 @@ import requests
 from simple_salesforce import Salesforce
 
 from conversion_sync.dev.salesforce_standin import Org, StandinServer
+from conversion_sync.salesforce.client import SalesforceResource
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,18 @@ def standin_http(standin: StandinServer) -> Iterator[requests.Session]:
 def sf_client(standin: StandinServer, standin_org: Org) -> Salesforce:
     """``simple_salesforce.Salesforce`` logged in over SOAP against a freshly reset org."""
     return standin.login()
+
+
+@pytest.fixture
+def salesforce_resource(standin: StandinServer, standin_org: Org) -> SalesforceResource:
+    """The product's SalesforceResource logging in to a freshly reset stand-in org, with fast retries."""
+    return SalesforceResource(
+        username=standin.username,
+        password=standin.password,
+        security_token=standin.security_token,
+        login_url=standin.url,
+        ca_bundle=str(standin.ca_path),
+        backoff_seconds=0.01,
+        max_backoff_seconds=0.05,
+        bulk_poll_seconds=0.01,
+    )

@@ -25,7 +25,7 @@ def test_second_run_without_change_writes_nothing(world: SyncWorld) -> None:
     first = world.run("people")
     assert (first.counts["added"], first.counts["changed"], first.counts["unchanged"]) == (200, 0, 0)
     stamps = world.sql("SELECT id, updated_at FROM contacts ORDER BY id")
-    fingerprints = world.sql("SELECT row_key, run_id FROM sync_fingerprints ORDER BY row_key")
+    fingerprints = world.sql("SELECT row_key, fingerprint FROM sync_fingerprints ORDER BY row_key")
 
     second = world.run("people")
     assert second.counts == {
@@ -37,7 +37,7 @@ def test_second_run_without_change_writes_nothing(world: SyncWorld) -> None:
         "removed": 0,
     }
     assert world.sql("SELECT id, updated_at FROM contacts ORDER BY id") == stamps, "no contact was touched"
-    assert world.sql("SELECT row_key, run_id FROM sync_fingerprints ORDER BY row_key") == fingerprints
+    assert world.sql("SELECT row_key, fingerprint FROM sync_fingerprints ORDER BY row_key") == fingerprints
 
 
 def test_changed_rows_are_counted_and_written(world: SyncWorld) -> None:
