@@ -129,7 +129,7 @@ class IdentityMatcher(dg.ConfigurableResource):
                 f"""WITH created AS (
                     INSERT INTO contacts (email, email_normalized, salesforce_id, salesforce_type)
                     SELECT email, email_norm, salesforce_id, salesforce_type FROM {_KEYS}
-                    WHERE contact_id IS NULL AND salesforce_id IS NOT NULL
+                    WHERE contact_id IS NULL AND salesforce_id IS NOT NULL ORDER BY email_norm
                     RETURNING id, salesforce_id
                 )
                 UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
@@ -152,6 +152,7 @@ class IdentityMatcher(dg.ConfigurableResource):
                 f"""WITH created AS (
                     INSERT INTO contacts (email, email_normalized)
                     SELECT email, email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL
+                    ORDER BY email_norm
                     RETURNING id, email_normalized
                 )
                 UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'

@@ -87,7 +87,7 @@ events = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("message_id", sa.Text, nullable=False, unique=True),
-    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("contact_id", sa.BigInteger, nullable=False),  # no foreign key: see migration 0005
     sa.Column("event_name", sa.Text, nullable=False),
     sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
     sa.Column("properties", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),

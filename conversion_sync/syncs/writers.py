@@ -122,6 +122,13 @@ def _json_pairs(pairs: list[tuple[str, str]]) -> str:
     return " || ".join("jsonb_build_object(" + ", ".join(f"'{k}', {v}" for k, v in c) + ")" for c in chunks)
 
 
+def delete_contacts(conn: sa.Connection, ids_select: str) -> int:
+    """Delete contacts with their events and relationships (those tables carry no foreign keys)."""
+    conn.exec_driver_sql(f"DELETE FROM events WHERE contact_id IN ({ids_select})")
+    conn.exec_driver_sql(f"DELETE FROM object_relationships WHERE contact_id IN ({ids_select})")
+    return conn.exec_driver_sql(f"DELETE FROM contacts WHERE id IN ({ids_select})").rowcount
+
+
 def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     """New emails become contacts with all their fields in one INSERT; known ones get the fields they are newer for."""
     counts = WriteCounts()
@@ -173,7 +180,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         )
         ctx.matcher.resolve_table(conn, "_removed_contacts", email_column="email", create=False)
         if ctx.sync.delete_behavior == "delete":
-            conn.exec_driver_sql("DELETE FROM contacts c USING _removed_contacts r WHERE c.id = r.contact_id")
+            delete_contacts(conn, "SELECT contact_id FROM _removed_contacts WHERE contact_id IS NOT NULL")
         else:
             clears = [f"{f} = NULL" for f in std]
             array = "ARRAY[" + ", ".join(f"'{f}'" for f in custom) + "]::text[]"
@@ -258,6 +265,11 @@ def _remove_objects(conn: sa.Connection, ctx: WriteContext, params: dict[str, ob
             params,
         )
         conn.exec_driver_sql(
+            """DELETE FROM object_relationships o USING _removed_pairs p
+            WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND p.object_gone""",
+            params,
+        )
+        conn.exec_driver_sql(
             """DELETE FROM custom_objects o USING _removed_pairs p
             WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND p.object_gone""",
             params,
@@ -296,6 +308,7 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     inserted = conn.exec_driver_sql(
         """INSERT INTO events (message_id, contact_id, event_name, timestamp, properties, sync_name)
         SELECT message_id, contact_id, event_name, event_ts, properties, %(sync)s FROM _writes WHERE NOT skip
+        ORDER BY message_id
         ON CONFLICT (message_id) DO NOTHING""",
         _params(ctx),
     ).rowcount
