@@ -21,6 +21,7 @@ from conversion_sync.store.staging import (
     StagingWriter,
     adbc_connection,
     create_staging_table,
+    drop_run_tables,
     drop_staging_tables,
     qualified,
     staging_table_name,
@@ -92,7 +93,7 @@ class SyncRunner:
                 "SELECT staging_table FROM sync_runs WHERE sync_name = %s AND status = 'running' AND run_id <> %s",
                 (self.sync.name, run_id),
             ).scalars()
-            drop_staging_tables(conn, f"stage_{self.sync.name}_", keep=[t for t in running if t])
+            drop_staging_tables(conn, self.sync.name, keep=[t for t in running if t])
             watermark = sync_state.get_watermark(conn, self.sync.name) or EPOCH
             used = max(EPOCH, watermark - self.sync.lookback) if watermark > EPOCH else EPOCH
             next_watermark = datetime.now(UTC)
@@ -242,7 +243,8 @@ class SyncRunner:
             self._fail(record.run_id, f"{type(exc).__name__}: {exc}")
             raise
         with self.store.begin() as conn:
-            drop_staging_tables(conn, table)
+            drop_run_tables(conn, table)
+        self._abandon_older_runs(record)
         return SyncOutcome(
             sync_name=self.sync.name,
             run_id=record.run_id,
@@ -259,6 +261,21 @@ class SyncRunner:
         base["rejected"] = record.counts.get("rejected", 0)
         order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
         return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
+
+    def _abandon_older_runs(self, record: sync_state.SyncRunRecord) -> None:
+        """Runs of this sync that started before this successful one and never finished (their process
+        died: killed, out of memory, machine lost) are marked failed and their staging tables dropped;
+        without this, each crash would leave its staged copy of the query result behind for good.
+        A table still locked by a live transaction is left for a later run."""
+        with self.store.begin() as conn:
+            stale = sync_state.abandon_older_runs(conn, self.sync.name, record.run_id, record.started_at)
+        for table in stale:
+            try:
+                with self.store.begin() as conn:
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+                    drop_run_tables(conn, table)
+            except sa.exc.OperationalError:
+                continue
 
     def _fail(self, run_id: str, error: str) -> None:
         with self.store.begin() as conn:
@@ -290,7 +307,7 @@ class SyncRunner:
                 transaction.rollback()
         finally:
             with self.store.begin() as conn:
-                drop_staging_tables(conn, table)
+                drop_run_tables(conn, table)
                 conn.exec_driver_sql("DELETE FROM sync_runs WHERE run_id = %s", (run_id,))
         all_counts = {"queried": validation.queried, **counts.as_dict(), "rejected": validation.rejected}
         return PreviewResult(self.sync.name, record.watermark_used or EPOCH, all_counts, diff, rejected)

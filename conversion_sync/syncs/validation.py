@@ -294,6 +294,7 @@ class Validator:
 
     def _checks(self) -> list[tuple[str, str, str, str]]:
         """(column label, condition, code, message SQL) in evaluation order."""
+        checked = self._checked_fields()
         checks = [
             (
                 "s." + BAD_TEXT,
@@ -314,8 +315,7 @@ class Validator:
                         f"{lit} || ' is missing (null or empty)'",
                     )
                 )
-            field_type = self.destination.type_of(field)
-            if rule.invalid and not implied_valid(field_type, self.source_types.get(label, "string")):
+            if field in checked:
                 checks.append(
                     (
                         lit,
@@ -334,6 +334,18 @@ class Validator:
         staged = [f"s.{col}" for field, col in self.columns.fields.items() if field not in special]
         staged += [f"s.{col}" for col in self.columns.properties.values()]
         return f"md5(ROW({', '.join(staged)}, NULL)::text)::uuid" if staged else "md5('')::uuid"
+
+    def _checked_fields(self) -> set[str]:
+        """Fields whose values are checked (their text may be invalid for the field type)."""
+        return {
+            field
+            for field, _, rule in self._rules()
+            if rule.invalid
+            and not implied_valid(
+                self.destination.type_of(field),
+                self.source_types.get(self.columns.source_names[field], "string"),
+            )
+        }
 
     def _problem_case(self) -> str:
         """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
@@ -370,12 +382,18 @@ class Validator:
         kind = self.destination.kind
         special = set(self.destination.special)
 
-        def guarded(expr: str) -> str:
-            # casts run only for rows that passed every check, so they cannot fail
-            return f"CASE WHEN s.problem IS NULL THEN {expr} END"
+        checked = self._checked_fields()
 
         def value(field: str) -> str:
-            return guarded(rules[field].value) if field in rules else "NULL"
+            # A cast runs only where its own field's check passed, so it cannot fail; a field whose source
+            # type guarantees validity has no check and no guard. Guards never refer to `problem`, so
+            # Postgres evaluates the checks once per row (and may spread the scan over parallel workers).
+            if field not in rules:
+                return "NULL"
+            column = self.columns.fields[field]
+            if field in checked:
+                return f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {rules[field].invalid} THEN {rules[field].value} END"
+            return rules[field].value
 
         field_pairs = [
             (f, value(f)) for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS
@@ -417,7 +435,7 @@ class Validator:
                        {updated_at} AS updated_at, {fields} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
                        {message_id} AS message_id, {properties} AS properties, {self._fingerprint_sql()} AS fingerprint
-                FROM (SELECT *, {self._problem_case()} AS problem FROM {self.stage} s OFFSET 0) s  -- OFFSET 0: evaluate once
+                FROM (SELECT *, {self._problem_case()} AS problem FROM {self.stage} s) s
             ) typed
         """
 

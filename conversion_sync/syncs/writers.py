@@ -53,7 +53,7 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, int]:
     """Create _writes: rows whose fingerprint is new or different. Returns (rows, rows to write)."""
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
-        SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts,
+        SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts, to_jsonb(coalesce(r.updated_at, %(started)s)) AS ts_json,
                CASE WHEN f.fingerprint IS NULL THEN 'added' ELSE 'changed' END AS action,
                NULL::text AS outcome, false AS skip
         FROM {ctx.rows_table} r
@@ -143,7 +143,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     std = [f for f in STANDARD_CONTACT_FIELDS if f in ctx.written_fields]
     custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
     custom_json = _json_pairs([(f, f"w.fields -> '{f}'") for f in custom])
-    stamps_json = _json_pairs([(f, "to_jsonb(w.ts)") for f in ctx.written_fields])
+    stamps_json = _json_pairs([(f, "w.ts_json") for f in ctx.written_fields])
     # Rule 3 of identity matching, with the row's fields: one contact per new email (rows are unique by email).
     counts.contacts_created = conn.exec_driver_sql(
         f"""INSERT INTO contacts (email, email_normalized, {", ".join([*std, "custom_fields", "field_updated_at"])})
@@ -162,7 +162,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         sets.append(f"custom_fields = c.custom_fields || {merged}")
     stamps = _json_pairs(
         [
-            (f, f"CASE WHEN {_newer(f)} THEN to_jsonb(w.ts) ELSE c.field_updated_at -> '{f}' END")
+            (f, f"CASE WHEN {_newer(f)} THEN w.ts_json ELSE c.field_updated_at -> '{f}' END")
             for f in ctx.written_fields
         ]
     )
@@ -171,8 +171,8 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w WHERE c.id = w.contact_id AND NOT w.skip"
     )
     _count_actions(conn, counts, total)
-    _save_fingerprints(conn, ctx)
     counts.removed = _plan_removed(conn, ctx)
+    _save_fingerprints(conn, ctx)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
         conn.exec_driver_sql(
             "CREATE TEMP TABLE _removed_contacts (email text, contact_id bigint) ON COMMIT DROP;"
@@ -238,8 +238,8 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         ON CONFLICT (object_type, object_id, contact_id) DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
         params,
     )
-    _save_fingerprints(conn, ctx)
     counts.removed = _plan_removed(conn, ctx)
+    _save_fingerprints(conn, ctx)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
         _remove_objects(conn, ctx, params)
     _forget_removed(conn, ctx)
