@@ -68,6 +68,69 @@ def run_path(name: str, settings: dict[str, Any], store_url: str) -> dict[str, A
     raise RuntimeError(f"bench path {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
+def salesforce_poll(data_dir: Path, contacts: int, store_url: str) -> dict[str, Any]:
+    """Start the HTTPS stand-in in its own process, seed changed Contacts matching store emails, poll once."""
+    import socket
+
+    import requests
+
+    state = data_dir / "salesforce"
+    state.mkdir(exist_ok=True)
+    (state / "standin.json").unlink(missing_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    standin = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conversion_sync.dev.salesforce_standin",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state),
+            "--fresh",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "standin.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = json.loads((state / "standin.json").read_text())
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = info["ca_bundle"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime(time.time() - 1800))
+        for start in range(0, contacts, 20_000):
+            records = [
+                {
+                    "FirstName": f"Sf{i}",
+                    "LastName": f"Person{i}",
+                    "Email": f"user{i}@example.com",
+                    "Title": "VP Data",
+                    "SystemModstamp": stamp,
+                    "LastModifiedDate": stamp,
+                }
+                for i in range(start, min(contacts, start + 20_000))
+            ]
+            session.post(
+                f"{info['url']}/_standin/seed", json={"type": "Contact", "records": records}, timeout=120
+            ).raise_for_status()
+        settings = {
+            "url": info["url"],
+            "ca": info["ca_bundle"],
+            "username": info["username"],
+            "password": info["password"],
+            "security_token": info["security_token"],
+        }
+        return run_path("salesforce_poll", settings, store_url)
+    finally:
+        standin.terminate()
+        standin.wait(timeout=30)
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -106,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--objects", type=int, default=200_000)
     parser.add_argument("--memory-rows", type=int, default=4_000_000, help="0 skips the memory-flatness run")
+    parser.add_argument("--salesforce", type=int, default=100_000, help="changed Contacts to poll (0 skips)")
     args = parser.parse_args(argv)
 
     data_dir = Path(os.environ.get("CONVERSION_SYNC_DATA_DIR", ".data")).resolve() / "bench"
@@ -146,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     again.note = f"{first.seconds / again.seconds:.1f}× faster than the first run"
     add("events sync (message_id)", run_path("events", settings, store), "≥ 0.8 × floor")
     add("custom objects with relationships", run_path("objects", settings, store), "≥ 0.5 × floor")
+    if args.salesforce:
+        poll = salesforce_poll(data_dir, args.salesforce, store)
+        row = add(
+            f"salesforce poll: {args.salesforce:,} changed Contacts into a store of {args.contacts:,}",
+            poll,
+            "API calls ≤ 60; store merge ≤ 20 s",
+            ratio=False,
+        )
+        row.note = f"{poll['api_calls']} API calls, store {poll['store_seconds']:.1f} s"
     if args.memory_rows:
         big_dir = data_dir / "config_memory"
         build_warehouse(warehouse, args.memory_rows, 1, 1)

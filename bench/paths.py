@@ -105,11 +105,58 @@ def run_floor(warehouse: Path, table: str, store_url: str) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds}
 
 
+def run_salesforce_poll(settings: dict[str, Any], store_url: str) -> dict[str, Any]:
+    """The real poller against the HTTPS stand-in; store time is the sum of its statements' durations."""
+    import sqlalchemy as sa
+
+    from conversion_sync.config.salesforce import SalesforceConfig
+    from conversion_sync.salesforce.budget import ApiBudget
+    from conversion_sync.salesforce.client import SalesforceResource
+    from conversion_sync.salesforce.poller import SalesforcePoller
+    from conversion_sync.store.identity import IdentityMatcher
+
+    engine = store_engine(store_url)
+    store_seconds = [0.0]
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Any, *args: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Any, *args: Any) -> None:
+        store_seconds[0] += time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+
+    resource = SalesforceResource(
+        username=settings["username"],
+        password=settings["password"],
+        security_token=settings["security_token"],
+        login_url=settings["url"],
+        ca_bundle=settings["ca"],
+    )
+    budget = ApiBudget(reserve=0)
+    started = time.perf_counter()
+    client = resource.connect(budget)
+    # bulk_threshold above the load: the incremental REST path (pages of 2000) is what every 5-minute poll runs
+    config = SalesforceConfig(bulk_threshold=10_000_000)
+    outcome = SalesforcePoller(config, ContactStore(url=store_url), IdentityMatcher(), client).run()
+    seconds = time.perf_counter() - started
+    read = sum(o.counts.read for o in outcome.objects.values()) if outcome.objects else 0
+    return {
+        "rows": read,
+        "seconds": seconds,
+        "api_calls": budget.calls_made,
+        "store_seconds": store_seconds[0],
+        "complete": outcome.complete,
+    }
+
+
 def main() -> None:
     name, settings = sys.argv[1], json.loads(sys.argv[2])
     store_url = os.environ["CONVERSION_STORE_URL"]
     if name == "floor":
         result = run_floor(Path(settings["warehouse"]), settings["table"], store_url)
+    elif name == "salesforce_poll":
+        result = run_salesforce_poll(settings, store_url)
     else:
         result = run_sync(Path(settings["config"]), name, store_url)
     result["peak_rss_mb"] = peak_rss_mb()
