@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CONVERSION_SYNC_DATA_DIR ?= $(CURDIR)/.data
 export CONVERSION_SYNC_CONFIG ?= $(CURDIR)/syncs
 
-.PHONY: dev test test-reliability bench lint stop clean
+.PHONY: dev test browser test-reliability bench lint stop clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3.11 or python3 on PATH)"; exit 1; }
@@ -19,8 +19,23 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/python -m conversion_sync.dev.launcher
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The end-to-end test renders the Dagster UI in headless Chromium. Install Debian's chromium when it is
+# missing and this machine allows it (root and apt-get), as CI does; elsewhere say so and carry on (the
+# test then skips only its browser step, with the reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt-get) for the end-to-end browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "note: chromium could not be installed; the end-to-end browser step will be skipped"; \
+	else \
+	  echo "note: chromium is not installed and cannot be here (needs root and apt-get);" \
+	    "the end-to-end browser step will be skipped"; \
+	fi
 
 test-reliability: $(STAMP)
 	$(BIN)/python -m pytest -m reliability

@@ -87,3 +87,13 @@ def config_dir(tmp_path: Path) -> Path:
     target = tmp_path / "config"
     shutil.copytree(DEMO_CONFIG, target)
     return target
+
+
+@pytest.fixture(autouse=True)
+def _forget_dagster_state_storage() -> Iterator[None]:
+    """Dagster keeps the instance's defs-state storage in a context variable; an instance closed by one
+    test must not be what the next test's Definitions load against."""
+    yield
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)

@@ -14,15 +14,18 @@ Why sensors, and not posting from the ops or from the `rejected_row_rate` check 
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
 from conversion_sync.alerts.webhook import WEBHOOK_URL_ENV, run_page_url, send_alert, webhook_url
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.secrets import EnvRef
 from conversion_sync.store import sync_state
+from conversion_sync.store.connection import sqlalchemy_url
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.warehouses.sync_logs import FailureInfo, write_sync_log
 
@@ -30,6 +33,7 @@ SYNC_TAG = "conversion_sync/sync"
 CHECK_NAME = "rejected_row_rate"
 SENSOR_INTERVAL_S = 15
 MAX_ERROR_CHARS = 4000
+STORE_TIMEOUT_S = 5
 SECRET_FIELDS = frozenset({"password", "private_key", "credentials", "url"})
 """Warehouse settings that are secrets; their `{env: VAR}` values are scrubbed from every alert."""
 
@@ -69,12 +73,24 @@ def secret_env_names(project: ProjectConfig) -> list[str]:
 
 
 def _store_record(store: ContactStore, run_id: str, sync_name: str) -> sync_state.SyncRunRecord | None:
-    """The store's record of this run of this sync; None when there is none or the store cannot be read."""
+    """The store's record of this run of this sync, or None when it has none.
+
+    A short-lived connection with a connect and statement timeout: a store that is down (maybe why the
+    run failed) must not hang the sensor past Dagster's evaluation timeout; it raises instead.
+    """
+    engine = sa.create_engine(
+        sqlalchemy_url(store.resolved_url()),
+        poolclass=sa.pool.NullPool,
+        connect_args={
+            "connect_timeout": STORE_TIMEOUT_S,
+            "options": f"-c statement_timeout={STORE_TIMEOUT_S * 1000}",
+        },
+    )
     try:
-        with store.begin() as conn:
+        with engine.connect() as conn:
             record = sync_state.get_run(conn, run_id)
-    except Exception:
-        return None
+    finally:
+        engine.dispose()
     return record if record is not None and record.sync_name == sync_name else None
 
 
@@ -114,7 +130,10 @@ def failure_alert(context: dg.RunFailureSensorContext, store: ContactStore) -> d
     """The JSON alert for a failed run: which sync, which run, the error, counts so far, a link to the run."""
     run = context.dagster_run
     syncs = syncs_of_run(run)
-    record = _store_record(store, run.run_id, syncs[0]) if len(syncs) == 1 else None
+    record = None
+    if len(syncs) == 1:
+        with contextlib.suppress(Exception):  # the alert goes out without counts when the store is down
+            record = _store_record(store, run.run_id, syncs[0])
     step_errors = _step_errors(context)
     error = (
         (record.error if record is not None else None)
