@@ -7,7 +7,7 @@ import dagster as dg
 from conversion_sync.alerts import alert_sensors
 from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.config.loader import RESERVED_FILES
-from conversion_sync.salesforce.assets import build_salesforce_definitions
+from conversion_sync.salesforce.assets import build_campaign_definitions, build_salesforce_definitions
 from conversion_sync.salesforce.client import SalesforceResource
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
@@ -30,10 +30,12 @@ def build_definitions(project: ProjectConfig | None = None) -> dg.Definitions:
     syncs = build_sync_definitions(project)
     salesforce_resource = SalesforceResource.from_env()
     salesforce = build_salesforce_definitions(project.salesforce, salesforce_resource)
+    campaigns = build_campaign_definitions(project.salesforce, salesforce_resource)
     assets = [
         *syncs.assets,
         *(broken_sync_asset(b) for b in project.broken_syncs.values()),
         *salesforce.assets,
+        *campaigns.assets,
     ]
     shared_problems = [
         p for p in project.problems if p.file in RESERVED_FILES or p.file == str(project.directory)
@@ -43,8 +45,8 @@ def build_definitions(project: ProjectConfig | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=syncs.checks,
-        jobs=[*syncs.jobs, *salesforce.jobs],
-        schedules=[*syncs.schedules, *salesforce.schedules],
+        jobs=[*syncs.jobs, *salesforce.jobs, *campaigns.jobs],
+        schedules=[*syncs.schedules, *salesforce.schedules, *campaigns.schedules],
         sensors=[*syncs.sensors, *alert_sensors(project)],
         resources=build_resources(salesforce_resource),
     )

@@ -10,8 +10,15 @@ import sqlalchemy as sa
 
 from conversion_sync.store.connection import store_engine
 
-FIRST_RUNS = ("sync_contacts_from_users", "sync_products", "sync_order_events")
-"""Launched directly; product_owners and subscriptions follow through their after: sensors."""
+FIRST_RUNS = (
+    "sync_contacts_from_users",
+    "sync_products",
+    "sync_order_events",
+    "salesforce_poll_job",
+    "campaign_reconciliation_job",
+)
+"""Launched directly; product_owners and subscriptions follow through their after: sensors. Salesforce jobs fail
+fast with a clear reason when no stand-in or org is configured."""
 
 
 def store_is_fresh(store_url: str) -> bool:

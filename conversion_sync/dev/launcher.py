@@ -44,7 +44,12 @@ def prepare_environment() -> dict[str, str]:
     print(
         f"contact store {redact_url(env[STORE_URL_ENV])}: revision {before or 'empty'} -> {after}", flush=True
     )
-    env.update(_start_demo_services(env, data_dir))
+    demo_env = _start_demo_services(env, data_dir)
+    env.update(demo_env)
+    if demo_env:  # the stand-in started here (never a real org): a demo store campaign linked to it
+        from conversion_sync.dev.demo_campaigns import seed_demo_campaign_for_launcher
+
+        seed_demo_campaign_for_launcher(env[STORE_URL_ENV], demo_env)
     env["DAGSTER_HOME"] = str(prepare_dagster_home(data_dir))
     return env
 

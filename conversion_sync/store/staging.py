@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,10 +21,28 @@ BAD_TEXT = "_bad_text_column"
 """Staged per row: the first source column whose text held a NUL byte (Postgres text cannot), else NULL."""
 
 
+_RUN_PART = 12
+_ROWS_SUFFIX = "_rows"
+_SYNC_PART = 63 - len("stage__") - _RUN_PART - len(_ROWS_SUFFIX)
+"""Room for the sync name, so that `stage_<sync>_<run>_rows` fits Postgres' 63-character identifiers."""
+
+
+def staging_prefix(sync_name: str) -> str:
+    """`stage_<sync>_`: every staging table of a sync's runs, and no other sync's, starts with it.
+
+    A sync name too long to fit keeps its start and gets a hash of the whole name, so two long names
+    sharing a start still differ, and the run part of the table name is never cut off.
+    """
+    if len(sync_name) > _SYNC_PART:
+        digest = hashlib.md5(sync_name.encode()).hexdigest()[:8]
+        sync_name = f"{sync_name[: _SYNC_PART - 9]}_{digest}"
+    return f"stage_{sync_name}_"
+
+
 def staging_table_name(sync_name: str, run_id: str) -> str:
     """A deterministic, valid identifier for one run of one sync."""
-    run = re.sub(r"[^a-z0-9]", "", run_id.lower())[:12]
-    return f"stage_{sync_name}_{run}"[:60]
+    run = re.sub(r"[^a-z0-9]", "", run_id.lower())[:_RUN_PART]
+    return staging_prefix(sync_name) + run
 
 
 def qualified(table: str) -> str:
@@ -104,17 +123,28 @@ def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns
     )
 
 
-def drop_staging_tables(conn: sa.Connection, prefix: str, keep: Iterable[str] = ()) -> list[str]:
-    """Drop staging tables whose name starts with `prefix` (leftovers of failed runs), except `keep`."""
-    keep_set = set(keep)
+def drop_staging_tables(conn: sa.Connection, sync_name: str, keep: Iterable[str] = ()) -> list[str]:
+    """Drop the staging tables of a sync's runs (leftovers of failed runs), except those of runs in `keep`.
+
+    Only this sync's run tables match (`stage_users_<run>[_rows]`), never another sync's whose name
+    merely starts the same (`stage_users_v2_<run>`).
+    """
+    prefix = staging_prefix(sync_name)
+    keep_set = set(keep) | {f"{k}{_ROWS_SUFFIX}" for k in keep}
+    own = re.compile(re.escape(prefix) + f"[a-z0-9]{{0,{_RUN_PART}}}({re.escape(_ROWS_SUFFIX)})?")
     names = conn.exec_driver_sql(
         "SELECT tablename FROM pg_tables WHERE schemaname = %(schema)s AND tablename LIKE %(prefix)s",
         {"schema": STAGING_SCHEMA, "prefix": prefix.replace("_", r"\_") + "%"},
     ).scalars()
-    dropped = [n for n in names if n not in keep_set]
+    dropped = [n for n in names if own.fullmatch(n) and n not in keep_set]
     for name in dropped:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(name)}")
     return dropped
+
+
+def drop_run_tables(conn: sa.Connection, table: str) -> None:
+    """Drop one run's staging table and its rows table."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(table)}, {qualified(table + _ROWS_SUFFIX)}")
 
 
 @contextmanager

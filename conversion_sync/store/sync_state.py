@@ -110,6 +110,24 @@ def finish_run(
     )
 
 
+def abandon_older_runs(conn: sa.Connection, sync_name: str, run_id: str, started_at: datetime) -> list[str]:
+    """Mark runs of the sync that started before `started_at` and are still 'running' as failed
+    (superseded by `run_id`, which succeeded); returns their staging tables."""
+    tables = (
+        conn.exec_driver_sql(
+            """UPDATE sync_runs SET status = 'failed', phase = NULL, finished_at = now(),
+                error = 'abandoned: the run never finished (its process died) and run ' || %(run)s
+                        || ', which started later, succeeded'
+            WHERE sync_name = %(sync)s AND status = 'running' AND run_id <> %(run)s AND started_at < %(started)s
+            RETURNING staging_table""",
+            {"sync": sync_name, "run": run_id, "started": started_at},
+        )
+        .scalars()
+        .all()
+    )
+    return [t for t in tables if t]
+
+
 def get_run(conn: sa.Connection, run_id: str) -> SyncRunRecord | None:
     return _get_run_by(conn, "run_id", run_id)
 

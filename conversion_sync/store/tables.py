@@ -118,6 +118,10 @@ campaigns = sa.Table(
     sa.Column("last_reconciled_at", sa.DateTime(timezone=True)),
     *_timestamps(),
     sa.CheckConstraint("salesforce_link IN ('none', 'existing', 'create')", name="campaigns_salesforce_link"),
+    sa.CheckConstraint(
+        "salesforce_link <> 'existing' OR salesforce_campaign_id IS NOT NULL",
+        name="campaigns_existing_link_has_id",
+    ),
 )
 
 campaign_members = sa.Table(
@@ -134,6 +138,33 @@ campaign_members = sa.Table(
     sa.Column("salesforce_member_id", sa.Text, unique=True),
     sa.Column("salesforce_synced_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    # the status both sides agreed on at the last reconciliation; NULL: never reconciled
+    sa.Column("synced_status", sa.Text),
+)
+
+campaign_member_errors = sa.Table(
+    "campaign_member_errors",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column(
+        "campaign_id", sa.BigInteger, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="SET NULL")),
+    sa.Column("email", sa.Text),
+    sa.Column("salesforce_member_id", sa.Text),
+    sa.Column("salesforce_person_id", sa.Text),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("code", sa.Text, nullable=False),
+    sa.Column("status", sa.Text),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint(
+        "direction IN ('salesforce_to_store', 'store_to_salesforce', 'link')",
+        name="campaign_member_errors_direction",
+    ),
+    sa.Index("campaign_member_errors_run", "campaign_id", "run_id"),
+    sa.Index("campaign_member_errors_created", "created_at"),
 )
 
 sync_state = sa.Table(
