@@ -68,8 +68,11 @@ def run_path(name: str, settings: dict[str, Any], store_url: str) -> dict[str, A
     raise RuntimeError(f"bench path {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
-def salesforce_poll(data_dir: Path, contacts: int, store_url: str) -> dict[str, Any]:
-    """Start the HTTPS stand-in in its own process, seed changed Contacts matching store emails, poll once."""
+def salesforce_paths(
+    data_dir: Path, contacts: int, members: int, store_url: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Start the HTTPS stand-in in its own process, seed changed Contacts matching store emails, poll once;
+    then push a store campaign of `members` members (contacts without a Salesforce record) to it."""
     import socket
 
     import requests
@@ -125,7 +128,9 @@ def salesforce_poll(data_dir: Path, contacts: int, store_url: str) -> dict[str, 
             "password": info["password"],
             "security_token": info["security_token"],
         }
-        return run_path("salesforce_poll", settings, store_url)
+        poll = run_path("salesforce_poll", settings, store_url)
+        push = run_path("campaign_push", {**settings, "members": members}, store_url) if members else None
+        return poll, push
     finally:
         standin.terminate()
         standin.wait(timeout=30)
@@ -170,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=200_000)
     parser.add_argument("--memory-rows", type=int, default=4_000_000, help="0 skips the memory-flatness run")
     parser.add_argument("--salesforce", type=int, default=100_000, help="changed Contacts to poll (0 skips)")
+    parser.add_argument(
+        "--campaign-members", type=int, default=20_000, help="campaign members to push (0 skips)"
+    )
     args = parser.parse_args(argv)
 
     data_dir = Path(os.environ.get("CONVERSION_SYNC_DATA_DIR", ".data")).resolve() / "bench"
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     add("events sync (message_id)", run_path("events", settings, store), "≥ 0.8 × floor")
     add("custom objects with relationships", run_path("objects", settings, store), "≥ 0.5 × floor")
     if args.salesforce:
-        poll = salesforce_poll(data_dir, args.salesforce, store)
+        poll, push = salesforce_paths(data_dir, args.salesforce, args.campaign_members, store)
         row = add(
             f"salesforce poll: {args.salesforce:,} changed Contacts into a store of {args.contacts:,}",
             poll,
@@ -219,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             ratio=False,
         )
         row.note = f"{poll['api_calls']} API calls, store {poll['store_seconds']:.1f} s"
+        if push:
+            row = add(
+                f"campaign reconciliation: {args.campaign_members:,} members pushed",
+                push,
+                "API calls ≤ 110",
+                ratio=False,
+            )
+            row.note = f"{push['api_calls']} API calls, {push['leads_created']:,} Leads created first"
     if args.memory_rows:
         big_dir = data_dir / "config_memory"
         build_warehouse(warehouse, args.memory_rows, 1, 1)

@@ -150,6 +150,47 @@ def run_salesforce_poll(settings: dict[str, Any], store_url: str) -> dict[str, A
     }
 
 
+def run_campaign_push(settings: dict[str, Any], store_url: str) -> dict[str, Any]:
+    """A store campaign with `members` members, linked with mode `create`, reconciled once: every member pushed
+    (Leads created first for contacts without a Salesforce record)."""
+    from conversion_sync.salesforce.budget import ApiBudget
+    from conversion_sync.salesforce.campaigns import create_campaign, create_campaign_type
+    from conversion_sync.salesforce.client import SalesforceResource
+    from conversion_sync.salesforce.reconcile import CampaignReconciler
+    from conversion_sync.store.identity import IdentityMatcher
+
+    store = ContactStore(url=store_url)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    with store.begin() as conn:
+        create_campaign_type(conn, name, ["Sent", "Responded"], "Sent")
+        campaign = create_campaign(conn, name, name, "create")
+        conn.exec_driver_sql(
+            """INSERT INTO campaign_members (campaign_id, contact_id, status)
+            SELECT %(campaign)s, id, 'Sent' FROM contacts WHERE salesforce_id IS NULL ORDER BY id LIMIT %(n)s""",
+            {"campaign": campaign.id, "n": settings["members"]},
+        )
+    resource = SalesforceResource(
+        username=settings["username"],
+        password=settings["password"],
+        security_token=settings["security_token"],
+        login_url=settings["url"],
+        ca_bundle=settings["ca"],
+    )
+    budget = ApiBudget(reserve=0)
+    started = time.perf_counter()
+    client = resource.connect(budget)
+    outcome = CampaignReconciler(store, IdentityMatcher(), client, campaign_names=[name]).run()
+    seconds = time.perf_counter() - started
+    counts = outcome.campaigns[0].counts if outcome.campaigns else None
+    return {
+        "rows": counts.pushed if counts else 0,
+        "seconds": seconds,
+        "api_calls": budget.calls_made,
+        "leads_created": counts.leads_created if counts else 0,
+        "errors": counts.errors if counts else 0,
+    }
+
+
 def main() -> None:
     name, settings = sys.argv[1], json.loads(sys.argv[2])
     store_url = os.environ["CONVERSION_STORE_URL"]
@@ -157,6 +198,8 @@ def main() -> None:
         result = run_floor(Path(settings["warehouse"]), settings["table"], store_url)
     elif name == "salesforce_poll":
         result = run_salesforce_poll(settings, store_url)
+    elif name == "campaign_push":
+        result = run_campaign_push(settings, store_url)
     else:
         result = run_sync(Path(settings["config"]), name, store_url)
     result["peak_rss_mb"] = peak_rss_mb()
