@@ -210,6 +210,18 @@ def implied_valid(field_type: str, arrow_type: str) -> bool:
     return False
 
 
+_TYPED_DATE_IN_RANGE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[^(]*$"
+"""A typed date/timestamp as text in years 0001–9999 AD; DuckDB renders others '275760-09-13' or
+'0044-03-15 (BC)', which the store's date/timestamptz casts cannot take."""
+
+
+def typed_invalid(field_type: str, v: str) -> str | None:
+    """For a typed source column that implies validity: SQL true when a value is still out of range."""
+    if field_type in ("date", "datetime", "datetime_required"):
+        return f"{_nv(v)} !~ '{_TYPED_DATE_IN_RANGE}'"
+    return None
+
+
 # --- the validation pass -----------------------------------------------------------------------------------
 
 
@@ -219,6 +231,8 @@ class ValidationResult:
     accepted: int
     rejected: int
     duplicates: int
+    merged: int = 0
+    """Rows identical to another row with the same key: written once, not rejected."""
 
 
 def rows_table(staging_table: str) -> str:
@@ -319,7 +333,7 @@ class Validator:
                 checks.append(
                     (
                         lit,
-                        f"{_nv('s.' + column)} IS NOT NULL AND {rule.invalid}",
+                        f"{_nv('s.' + column)} IS NOT NULL AND {checked[field]}",
                         "invalid_field_value",
                         rule.message,
                     )
@@ -335,17 +349,20 @@ class Validator:
         staged += [f"s.{col}" for col in self.columns.properties.values()]
         return f"md5(ROW({', '.join(staged)}, NULL)::text)::uuid" if staged else "md5('')::uuid"
 
-    def _checked_fields(self) -> set[str]:
-        """Fields whose values are checked (their text may be invalid for the field type)."""
-        return {
-            field
-            for field, _, rule in self._rules()
-            if rule.invalid
-            and not implied_valid(
-                self.destination.type_of(field),
-                self.source_types.get(self.columns.source_names[field], "string"),
-            )
-        }
+    def _checked_fields(self) -> dict[str, str]:
+        """Fields whose values are checked (their text may be invalid for the field type), with the SQL
+        that is true for an invalid value: the full rule, or for a typed source only its range check."""
+        checked = {}
+        for field, column, rule in self._rules():
+            field_type = self.destination.type_of(field)
+            source_type = self.source_types.get(self.columns.source_names[field], "string")
+            if not rule.invalid:
+                continue
+            if not implied_valid(field_type, source_type):
+                checked[field] = rule.invalid
+            elif (out_of_range := typed_invalid(field_type, f"s.{column}")) is not None:
+                checked[field] = out_of_range
+        return checked
 
     def _problem_case(self) -> str:
         """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
@@ -392,7 +409,7 @@ class Validator:
                 return "NULL"
             column = self.columns.fields[field]
             if field in checked:
-                return f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {rules[field].invalid} THEN {rules[field].value} END"
+                return f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {rules[field].value} END"
             return rules[field].value
 
         field_pairs = [
@@ -428,14 +445,27 @@ class Validator:
                 if kind == "contacts"
                 else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
+        if kind == "contacts":
+            # A row whose raw text matches the fingerprint its key was last written with is unchanged:
+            # it needs no checks and no typed values (a re-run of an unchanged sync costs little more
+            # than reading it). Only for contacts, where a row is all there is to its key.
+            source = f"""(SELECT s.*, f.row_key IS NOT NULL AS unchanged,
+                                 CASE WHEN f.row_key IS NULL THEN {self._problem_case()} END AS problem
+                          FROM {self.stage} s
+                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {email_norm}
+                               AND f.fingerprint = {self._fingerprint_sql()})"""
+            fields_sql = f"CASE WHEN NOT s.unchanged THEN {fields} END"
+        else:
+            source = f"(SELECT *, {self._problem_case()} AS problem FROM {self.stage} s)"
+            fields_sql = fields
         return f"""
             SELECT *, {row_key} AS row_key, NULL::bigint AS contact_id
             FROM (
                 SELECT s.{ROW_NUMBER} AS row_number, s.problem, {email} AS email, {email_norm} AS email_norm,
-                       {updated_at} AS updated_at, {fields} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
+                       {updated_at} AS updated_at, {fields_sql} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
                        {message_id} AS message_id, {properties} AS properties, {self._fingerprint_sql()} AS fingerprint
-                FROM (SELECT *, {self._problem_case()} AS problem FROM {self.stage} s) s
+                FROM {source} s
             ) typed
         """
 
@@ -502,5 +532,9 @@ class Validator:
         conn.exec_driver_sql(f"ANALYZE {self.rows}")
         accepted = built - rejected - duplicates - merged
         return ValidationResult(
-            queried=queried, accepted=accepted, rejected=rejected + duplicates, duplicates=duplicates
+            queried=queried,
+            accepted=accepted,
+            rejected=rejected + duplicates,
+            duplicates=duplicates,
+            merged=merged,
         )
