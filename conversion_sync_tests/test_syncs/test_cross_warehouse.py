@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from conversion_sync_tests.conftest import create_database, drop_database
+from conversion_sync_tests.fakesnow_server import serve_fakesnow
 
 from .conftest import SyncWorld, store_snapshot
 
@@ -52,10 +53,9 @@ SYNCS = {
 
 @pytest.fixture(scope="module")
 def fakesnow_kwargs() -> Iterator[dict[str, Any]]:
-    import fakesnow
     import snowflake.connector
 
-    with fakesnow.server() as kwargs:
+    with serve_fakesnow() as kwargs:
         with snowflake.connector.connect(**kwargs, database="SRC", schema="PUBLIC") as conn:
             cursor = conn.cursor()
             cursor.execute("CREATE DATABASE IF NOT EXISTS SRC")

@@ -16,6 +16,7 @@ from conversion_sync.config.warehouses import (
     PostgresWarehouseConfig,
     SnowflakeWarehouseConfig,
 )
+from conversion_sync_tests.fakesnow_server import serve_fakesnow
 
 from .bigquery_standin import StandIn, bigquery_standin
 
@@ -132,10 +133,9 @@ def postgres_config(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Postg
 @pytest.fixture(scope="session")
 def fakesnow_server() -> Iterator[dict[str, Any]]:
     """fakesnow's HTTP server (the Snowflake wire protocol), with DB.PUBLIC.people and DB.PUBLIC.big."""
-    import fakesnow
     import snowflake.connector
 
-    with fakesnow.server() as kwargs:
+    with serve_fakesnow() as kwargs:
         with snowflake.connector.connect(**kwargs, database="CS_TEST", schema="PUBLIC") as conn:
             cur = conn.cursor()
             for statement in _SNOWFLAKE_SAMPLE:
