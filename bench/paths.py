@@ -105,13 +105,25 @@ def run_floor(warehouse: Path, table: str, store_url: str) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds}
 
 
+def standin_resource(settings: dict[str, Any]) -> Any:
+    """The product's Salesforce resource pointed at the bench's stand-in (username/password login over HTTPS)."""
+    from conversion_sync.salesforce.client import SalesforceResource
+
+    return SalesforceResource(
+        username=settings["username"],
+        password=settings["password"],
+        security_token=settings["security_token"],
+        login_url=settings["url"],
+        ca_bundle=settings["ca"],
+    )
+
+
 def run_salesforce_poll(settings: dict[str, Any], store_url: str) -> dict[str, Any]:
     """The real poller against the HTTPS stand-in; store time is the sum of its statements' durations."""
     import sqlalchemy as sa
 
     from conversion_sync.config.salesforce import SalesforceConfig
     from conversion_sync.salesforce.budget import ApiBudget
-    from conversion_sync.salesforce.client import SalesforceResource
     from conversion_sync.salesforce.poller import SalesforcePoller
     from conversion_sync.store.identity import IdentityMatcher
 
@@ -126,13 +138,7 @@ def run_salesforce_poll(settings: dict[str, Any], store_url: str) -> dict[str, A
     def _after(conn: Any, *args: Any) -> None:
         store_seconds[0] += time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
 
-    resource = SalesforceResource(
-        username=settings["username"],
-        password=settings["password"],
-        security_token=settings["security_token"],
-        login_url=settings["url"],
-        ca_bundle=settings["ca"],
-    )
+    resource = standin_resource(settings)
     budget = ApiBudget(reserve=0)
     started = time.perf_counter()
     client = resource.connect(budget)
@@ -155,7 +161,6 @@ def run_campaign_push(settings: dict[str, Any], store_url: str) -> dict[str, Any
     (Leads created first for contacts without a Salesforce record)."""
     from conversion_sync.salesforce.budget import ApiBudget
     from conversion_sync.salesforce.campaigns import create_campaign, create_campaign_type
-    from conversion_sync.salesforce.client import SalesforceResource
     from conversion_sync.salesforce.reconcile import CampaignReconciler
     from conversion_sync.store.identity import IdentityMatcher
 
@@ -169,13 +174,7 @@ def run_campaign_push(settings: dict[str, Any], store_url: str) -> dict[str, Any
             SELECT %(campaign)s, id, 'Sent' FROM contacts WHERE salesforce_id IS NULL ORDER BY id LIMIT %(n)s""",
             {"campaign": campaign.id, "n": settings["members"]},
         )
-    resource = SalesforceResource(
-        username=settings["username"],
-        password=settings["password"],
-        security_token=settings["security_token"],
-        login_url=settings["url"],
-        ca_bundle=settings["ca"],
-    )
+    resource = standin_resource(settings)
     budget = ApiBudget(reserve=0)
     started = time.perf_counter()
     client = resource.connect(budget)

@@ -25,7 +25,7 @@ from conversion_sync.salesforce.reconcile import (
 )
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
-from conversion_sync.syncs.factory import IN_PROGRESS
+from conversion_sync.syncs.factory import in_progress_run
 
 SALESFORCE_GROUP = "salesforce"
 POLL_ASSET = "salesforce_poll"
@@ -177,9 +177,54 @@ def salesforce_poll_asset(config: SalesforceConfig, salesforce: SalesforceResour
     return salesforce_poll
 
 
-def _in_progress_run(context: dg.ScheduleEvaluationContext) -> str | None:
-    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=POLL_JOB, statuses=IN_PROGRESS), limit=1)
-    return runs[0].run_id if runs else None
+def _add_job_and_schedule(
+    out: SalesforceDefinitions,
+    salesforce: SalesforceResource,
+    *,
+    asset: str,
+    job_name: str,
+    schedule_name: str,
+    phrase: str,
+    description: str,
+    tag: str,
+    what: str,
+    short: str,
+) -> None:
+    """A job for the asset and its schedule: skips a tick while a run is in progress; stopped without credentials."""
+    job = dg.define_asset_job(
+        job_name,
+        selection=dg.AssetSelection.assets(asset),
+        description=description,
+        tags={"conversion_sync/salesforce": tag},
+    )
+    out.jobs.append(job)
+    cron = schedule_to_cron(phrase)
+    if cron is None:
+        return
+    not_configured = salesforce.not_configured_reason
+
+    @dg.schedule(
+        name=schedule_name,
+        cron_schedule=cron,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.STOPPED
+        if not_configured
+        else dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            f"{phrase} ({cron}); a tick while the previous {short} runs is skipped"
+            + (f". Stopped: {not_configured}" if not_configured else "")
+        ),
+        execution_timezone="UTC",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if not_configured:
+            return dg.SkipReason(f"Salesforce is not configured: {not_configured}")
+        running = in_progress_run(context, job_name)
+        if running:
+            return dg.SkipReason(f"the previous {what} is still running (run {running}); tick skipped")
+        return dg.RunRequest()
+
+    out.schedules.append(_schedule)
 
 
 def build_salesforce_definitions(
@@ -188,42 +233,18 @@ def build_salesforce_definitions(
     """The salesforce_poll asset, job and schedule (stopped when there are no credentials)."""
     out = SalesforceDefinitions()
     out.assets.append(salesforce_poll_asset(config, salesforce))
-    job = dg.define_asset_job(
-        POLL_JOB,
-        selection=dg.AssetSelection.assets(POLL_ASSET),
+    _add_job_and_schedule(
+        out,
+        salesforce,
+        asset=POLL_ASSET,
+        job_name=POLL_JOB,
+        schedule_name=POLL_SCHEDULE,
+        phrase=config.poll_schedule,
         description="Poll Salesforce for changed Accounts, Leads and Contacts",
-        tags={"conversion_sync/salesforce": "poll"},
+        tag="poll",
+        what="Salesforce poll",
+        short="poll",
     )
-    out.jobs.append(job)
-    cron = schedule_to_cron(config.poll_schedule)
-    if cron is None:
-        return out
-    not_configured = salesforce.not_configured_reason
-
-    @dg.schedule(
-        name=POLL_SCHEDULE,
-        cron_schedule=cron,
-        job=job,
-        default_status=dg.DefaultScheduleStatus.STOPPED
-        if not_configured
-        else dg.DefaultScheduleStatus.RUNNING,
-        description=(
-            f"{config.poll_schedule} ({cron}); a tick while the previous poll runs is skipped"
-            + (f". Stopped: {not_configured}" if not_configured else "")
-        ),
-        execution_timezone="UTC",
-    )
-    def _poll_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        if not_configured:
-            return dg.SkipReason(f"Salesforce is not configured: {not_configured}")
-        running = _in_progress_run(context)
-        if running:
-            return dg.SkipReason(
-                f"the previous Salesforce poll is still running (run {running}); tick skipped"
-            )
-        return dg.RunRequest()
-
-    out.schedules.append(_poll_schedule)
     return out
 
 
@@ -404,51 +425,22 @@ def campaign_reconciliation_asset(
     return campaign_reconciliation
 
 
-def _job_in_progress(context: dg.ScheduleEvaluationContext, job_name: str) -> str | None:
-    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS), limit=1)
-    return runs[0].run_id if runs else None
-
-
 def build_campaign_definitions(
     config: SalesforceConfig, salesforce: SalesforceResource
 ) -> SalesforceDefinitions:
     """The campaign_reconciliation asset, job and schedule (stopped when there are no credentials)."""
     out = SalesforceDefinitions()
     out.assets.append(campaign_reconciliation_asset(config, salesforce))
-    job = dg.define_asset_job(
-        RECONCILE_JOB,
-        selection=dg.AssetSelection.assets(RECONCILE_ASSET),
+    _add_job_and_schedule(
+        out,
+        salesforce,
+        asset=RECONCILE_ASSET,
+        job_name=RECONCILE_JOB,
+        schedule_name=RECONCILE_SCHEDULE,
+        phrase=config.reconcile_schedule,
         description="Reconcile store campaign members with their linked Salesforce campaigns, both ways",
-        tags={"conversion_sync/salesforce": "campaigns"},
+        tag="campaigns",
+        what="campaign reconciliation",
+        short="reconciliation",
     )
-    out.jobs.append(job)
-    cron = schedule_to_cron(config.reconcile_schedule)
-    if cron is None:
-        return out
-    not_configured = salesforce.not_configured_reason
-
-    @dg.schedule(
-        name=RECONCILE_SCHEDULE,
-        cron_schedule=cron,
-        job=job,
-        default_status=dg.DefaultScheduleStatus.STOPPED
-        if not_configured
-        else dg.DefaultScheduleStatus.RUNNING,
-        description=(
-            f"{config.reconcile_schedule} ({cron}); a tick while the previous reconciliation runs is skipped"
-            + (f". Stopped: {not_configured}" if not_configured else "")
-        ),
-        execution_timezone="UTC",
-    )
-    def _reconcile_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        if not_configured:
-            return dg.SkipReason(f"Salesforce is not configured: {not_configured}")
-        running = _job_in_progress(context, RECONCILE_JOB)
-        if running:
-            return dg.SkipReason(
-                f"the previous campaign reconciliation is still running (run {running}); tick skipped"
-            )
-        return dg.RunRequest()
-
-    out.schedules.append(_reconcile_schedule)
     return out

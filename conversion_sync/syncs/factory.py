@@ -167,7 +167,7 @@ def _tag_value(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", value)[:63]
 
 
-def _in_progress_run(
+def in_progress_run(
     context: dg.ScheduleEvaluationContext | dg.SensorEvaluationContext, job: str
 ) -> str | None:
     runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=IN_PROGRESS), limit=1)
@@ -189,7 +189,7 @@ def sync_schedule(sync: SyncConfig, job: Any) -> dg.ScheduleDefinition | None:
         execution_timezone="UTC",
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        running = _in_progress_run(context, name)
+        running = in_progress_run(context, name)
         if running:
             return dg.SkipReason(f"sync '{sync.name}' is still running (run {running}); this tick is skipped")
         return dg.RunRequest()
@@ -209,7 +209,7 @@ def after_sensor(sync: SyncConfig, job: Any, upstream_jobs: list[Any]) -> dg.Sen
         description=f"Runs {sync.name} when {', '.join(sync.after)} succeeds",
     )
     def _after(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-        running = _in_progress_run(context, name)
+        running = in_progress_run(context, name)
         if running:
             return dg.SkipReason(f"sync '{sync.name}' is already running (run {running})")
         upstream = context.dagster_run
