@@ -21,6 +21,8 @@ SCHEMA_FILE = "schema.yaml"
 SALESFORCE_FILE = "salesforce.yaml"
 RESERVED_FILES = {WAREHOUSES_FILE, SCHEMA_FILE, SALESFORCE_FILE}
 DEFAULT_CONFIG_DIR = "syncs"
+MAX_FILE_BYTES = 1_000_000
+"""Larger files are refused: parsing them would stall loading the code location (YAML reads ~0.3 MB/s)."""
 
 _warehouse_adapter: TypeAdapter[Any] = TypeAdapter(WarehouseConfig)
 
@@ -64,11 +66,23 @@ _UNREADABLE = object()
 def _read_yaml(path: Path, problems: list[ConfigProblem]) -> Any:
     """The parsed YAML, or _UNREADABLE after recording why it could not be parsed."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            problems.append(
+                ConfigProblem(
+                    path.name,
+                    "",
+                    f"is {size / 1_000_000:.1f} MB; a config file may be at most {MAX_FILE_BYTES // 1_000_000} MB",
+                )
+            )
+            return _UNREADABLE
         return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        problems.append(ConfigProblem(path.name, "", "is not valid YAML: it is nested too deeply to read"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc)
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line per problem
         problems.append(ConfigProblem(path.name, where, f"is not valid YAML: {reason}"))
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(ConfigProblem(path.name, "", f"cannot be read: {exc}"))

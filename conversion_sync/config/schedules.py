@@ -43,6 +43,13 @@ def schedule_to_cron(phrase: str) -> str | None:
 
 def parse_duration(text: str | int) -> timedelta:
     """Parse '5 minutes' style durations; a bare integer means seconds."""
+    try:
+        return _duration(text)
+    except OverflowError:
+        raise ValueError(f"'{text}' is too long a duration (at most 999999999 days)") from None
+
+
+def _duration(text: str | int) -> timedelta:
     if isinstance(text, int):
         return timedelta(seconds=text)
     match = _DURATION.match(" ".join(str(text).strip().lower().split()))

@@ -192,6 +192,7 @@ class SyncRunner:
                     "writing",
                     {
                         "rejected": result.rejected,
+                        "duplicates_merged": result.merged,
                         "duration_validate_s": round(time.monotonic() - started, 3),
                     },
                 )
@@ -259,6 +260,8 @@ class SyncRunner:
     def _counts(self, record: sync_state.SyncRunRecord, counts: WriteCounts) -> dict[str, int]:
         base = {"queried": record.counts.get("queried", 0), **counts.as_dict()}
         base["rejected"] = record.counts.get("rejected", 0)
+        # rows identical to another row with the same key: with the others, every queried row is counted
+        base["duplicates_merged"] = record.counts.get("duplicates_merged", 0)
         order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
         return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
 
@@ -309,7 +312,12 @@ class SyncRunner:
             with self.store.begin() as conn:
                 drop_run_tables(conn, table)
                 conn.exec_driver_sql("DELETE FROM sync_runs WHERE run_id = %s", (run_id,))
-        all_counts = {"queried": validation.queried, **counts.as_dict(), "rejected": validation.rejected}
+        all_counts = {
+            "queried": validation.queried,
+            **counts.as_dict(),
+            "rejected": validation.rejected,
+            "duplicates_merged": validation.merged,
+        }
         return PreviewResult(self.sync.name, record.watermark_used or EPOCH, all_counts, diff, rejected)
 
 

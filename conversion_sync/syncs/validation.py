@@ -90,6 +90,8 @@ _INTEGER_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
 _NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]00:00(:00(\.0+)?)?)?(Z|[+-]00(:?00)?)?$"
 _DATETIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?|UTC)?$"
+MAX_KEY_LENGTH = 255
+"""Object ids and message ids longer than this are rejected: the store indexes them (a B-tree entry holds ~2.7 KB)."""
 _TRUE = "('true', 't', 'yes', 'y', '1')"
 _BOOLEAN = "('true', 't', 'yes', 'y', '1', 'false', 'f', 'no', 'n', '0')"
 
@@ -182,10 +184,15 @@ def rule_for(field_type: str, v: str, label: str) -> Rule:
             f"btrim({v})",
             f"{lit} || ': ' || {_shown(v)} || ' is not a valid email address'",
         )
-    if field_type in ("key", "string_required"):
+    if field_type in ("key", "key_optional"):
+        return Rule(
+            field_type == "key",
+            f"length({n}) > {MAX_KEY_LENGTH}",
+            f"btrim({v})" if field_type == "key" else n,
+            f"{lit} || ': ' || {_shown(v)} || '… is longer than {MAX_KEY_LENGTH} characters'",
+        )
+    if field_type == "string_required":
         return Rule(True, None, f"btrim({v})", "''")
-    if field_type == "key_optional":
-        return Rule(False, None, n, "''")
     raise ValueError(f"unknown field type {field_type}")
 
 
