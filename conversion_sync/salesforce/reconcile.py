@@ -8,9 +8,10 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -45,6 +46,10 @@ RECONCILE_LOCK_KEY = 7_310_005
 """Session advisory lock held for a whole reconciliation: two runs never reconcile at once."""
 
 ERROR_PREVIEW_LIMIT = 20
+LEAD_JOBS_STATE = "campaign_reconcile:{campaign_id}:lead_jobs"
+"""sync_state row per campaign: Bulk API 2.0 Lead insert jobs whose results are not linked in the store yet.
+A run that stops or fails between creating the Leads and reading the job's results (budget, error) leaves
+them here; the next run links those Leads first, so a contact never gets a second Lead."""
 ERROR_RETENTION_DAYS = 30
 PLACEHOLDER = "[not provided]"
 """Lead.LastName and Lead.Company are required in Salesforce; a contact without them gets this text."""
@@ -713,9 +718,11 @@ class CampaignReconciler:
         self, campaign: Campaign, pending: list[dict[str, Any]], outcome: CampaignOutcome
     ) -> dict[int, str]:
         """Leads for contacts without a Salesforce record; each batch's links are committed at once."""
+        linked = self._link_unread_lead_jobs(campaign, pending)
+        pending = [row for row in pending if row["contact_id"] not in linked]
         records = [_lead_record(row) for row in pending]
-        linked: dict[int, str] = {}
-        for indexes, results in self._write("Lead", "insert", records, ("Email",), outcome):
+        remember = partial(self._lead_jobs, campaign)
+        for indexes, results in self._write("Lead", "insert", records, ("Email",), outcome, remember):
             created = [
                 (pending[i]["contact_id"], r.id) for i, r in zip(indexes, results, strict=True) if r.ok
             ]
@@ -751,7 +758,66 @@ class CampaignReconciler:
                 self._insert_errors(conn, campaign.id, errors)
             outcome.counts.leads_created += len(created)
             outcome.counts.errors += len(errors)
+        with self.store.begin() as conn:
+            self._forget_lead_jobs(conn, campaign)  # every job's Leads are linked now
         return linked
+
+    def _lead_jobs(self, campaign: Campaign, add: str | None = None) -> list[str]:
+        """The campaign's Lead insert jobs whose results are not linked yet (`add`: one more, committed now)."""
+        name = LEAD_JOBS_STATE.format(campaign_id=campaign.id)
+        with self.store.begin() as conn:
+            if add is not None:
+                conn.exec_driver_sql(
+                    """INSERT INTO sync_state (sync_name, cursor, last_run_id, updated_at)
+                    VALUES (%(name)s, jsonb_build_object('jobs', jsonb_build_array(%(job)s::text)), %(run)s, now())
+                    ON CONFLICT (sync_name) DO UPDATE SET cursor = jsonb_build_object('jobs',
+                        coalesce(sync_state.cursor -> 'jobs', '[]'::jsonb) || to_jsonb(%(job)s::text)),
+                        last_run_id = EXCLUDED.last_run_id, updated_at = now()""",
+                    {"name": name, "job": add, "run": self.run_id},
+                )
+            jobs = conn.exec_driver_sql(
+                "SELECT cursor -> 'jobs' FROM sync_state WHERE sync_name = %s", (name,)
+            ).scalar()
+        return [str(j) for j in jobs or []]
+
+    def _forget_lead_jobs(self, conn: sa.Connection, campaign: Campaign) -> None:
+        conn.exec_driver_sql(
+            "DELETE FROM sync_state WHERE sync_name = %s", (LEAD_JOBS_STATE.format(campaign_id=campaign.id),)
+        )
+
+    def _link_unread_lead_jobs(self, campaign: Campaign, pending: list[dict[str, Any]]) -> dict[int, str]:
+        """Link contacts to the Leads that jobs of an earlier, interrupted run created (matched by Email)."""
+        jobs = self._lead_jobs(campaign)
+        if not jobs:
+            return {}
+        emails = Counter(str(row["email"]).strip() for row in pending if row.get("email"))
+        contact_by_email = {
+            str(row["email"]).strip(): row["contact_id"]
+            for row in pending
+            if row.get("email") and emails[str(row["email"]).strip()] == 1
+        }
+        leads: dict[str, str] = {}
+        for job_id in jobs:
+            leads.update(self._bulk_job_created(job_id, "Lead", ("Email",)))
+        pairs = [
+            (contact_by_email[email], lead) for email, lead in leads.items() if email in contact_by_email
+        ]
+        with self.store.begin() as conn:
+            lock_identities(conn)
+            done = conn.exec_driver_sql(
+                """UPDATE contacts c SET salesforce_id = v.sf_id, salesforce_type = 'Lead', updated_at = now()
+                FROM unnest(%(contacts)s::bigint[], %(leads)s::text[]) AS v(contact_id, sf_id)
+                WHERE c.id = v.contact_id AND c.salesforce_id IS NULL
+                RETURNING c.id, v.sf_id""",
+                {"contacts": [c for c, _ in pairs], "leads": [lead for _, lead in pairs]},
+            ).all()
+            self._forget_lead_jobs(conn, campaign)
+        if done:
+            self.log.info(
+                f"campaign '{campaign.name}': linked {len(done)} contact(s) to the Leads an interrupted run "
+                "created (its Bulk API 2.0 results had not been read)"
+            )
+        return {contact_id: str(sf) for contact_id, sf in done}
 
     def _create_members(
         self,
@@ -833,6 +899,7 @@ class CampaignReconciler:
         records: list[dict[str, Any]],
         key_fields: tuple[str, ...],
         outcome: CampaignOutcome,
+        remember_job: Callable[[str], object] | None = None,
     ) -> Iterator[tuple[list[int], list[RecordResult]]]:
         """Write `records` in batches, yielding (record indexes, results) per batch.
 
@@ -848,7 +915,12 @@ class CampaignReconciler:
             rest = [i for i in indexes if not (keys[i] and seen[keys[i]] == 1)]
             if bulk:
                 outcome.bulk_jobs += 1
-                yield bulk, self._bulk_ingest(sobject, operation, [records[i] for i in bulk], key_fields)
+                yield (
+                    bulk,
+                    self._bulk_ingest(
+                        sobject, operation, [records[i] for i in bulk], key_fields, remember_job
+                    ),
+                )
         method = "POST" if operation == "insert" else "PATCH"
         for start in range(0, len(rest), COLLECTION_SIZE):
             chunk = rest[start : start + COLLECTION_SIZE]
@@ -885,8 +957,11 @@ class CampaignReconciler:
         operation: Literal["insert", "update"],
         records: list[dict[str, Any]],
         key_fields: tuple[str, ...],
+        remember_job: Callable[[str], object] | None = None,
     ) -> list[RecordResult]:
-        """One Bulk API 2.0 ingest job: create, upload the CSV, close, wait, read the results."""
+        """One Bulk API 2.0 ingest job: create, upload the CSV, close, wait, read the results.
+
+        `remember_job` is told the job id as soon as the job exists (before any record can be written)."""
         columns = list(dict.fromkeys(name for record in records for name in record))
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -894,23 +969,19 @@ class CampaignReconciler:
         writer.writerows(["" if r.get(c) is None else str(r[c]) for c in columns] for r in records)
         data = buffer.getvalue()
         op = Operation.insert if operation == "insert" else Operation.update
-        client, settings = self.client, self.client.settings
+        client = self.client
         job = client.call(
             f"Bulk API 2.0 {operation} job ({sobject})", lambda sf: _bulk2(sf, sobject).create_job(op)
         )
         job_id = str(job["id"])
+        if remember_job is not None:
+            remember_job(job_id)
         client.call(
             f"Bulk API 2.0 upload ({len(records)} {sobject} rows)",
             lambda sf: _bulk2(sf, sobject).upload_job_data(job_id, data),
         )
         info = client.call("Bulk API 2.0 close job", lambda sf: _bulk2(sf, sobject).close_job(job_id))
-        delay = settings.bulk_poll_seconds
-        while info.get("state") not in ("JobComplete", "Failed", "Aborted"):
-            time.sleep(delay)
-            delay = min(max(delay * 2, 0.05), settings.max_backoff_seconds)
-            info = client.call(
-                "Bulk API 2.0 job status", lambda sf: _bulk2(sf, sobject).get_job(job_id, False)
-            )
+        info = self._finished_job(sobject, job_id, info)
         by_key: dict[str, RecordResult] = {}
         processed = int(info.get("numberRecordsProcessed") or 0)
         failed = int(info.get("numberRecordsFailed") or 0)
@@ -939,6 +1010,41 @@ class CampaignReconciler:
             or RecordResult(False, code="BULK_NOT_PROCESSED", message=f"not processed: {reason}")
             for record in records
         ]
+
+    def _finished_job(self, sobject: str, job_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Wait (polling with backoff) until the ingest job is over; returns its final info."""
+        delay = self.client.settings.bulk_poll_seconds
+        while info.get("state") not in ("JobComplete", "Failed", "Aborted"):
+            time.sleep(delay)
+            delay = min(max(delay * 2, 0.05), self.client.settings.max_backoff_seconds)
+            info = self.client.call(
+                "Bulk API 2.0 job status", lambda sf: _bulk2(sf, sobject).get_job(job_id, False)
+            )
+        return info
+
+    def _bulk_job_created(self, job_id: str, sobject: str, key_fields: tuple[str, ...]) -> dict[str, str]:
+        """Key → record id of what an earlier ingest job created. A job left open (its upload may be partial)
+        is aborted: it created nothing."""
+        info = self.client.call(
+            "Bulk API 2.0 job status", lambda sf: _bulk2(sf, sobject).get_job(job_id, False)
+        )
+        if info.get("state") == "Open":
+            self.client.call(
+                "Bulk API 2.0 abort job", lambda sf: _bulk2(sf, sobject).abort_job(job_id, False)
+            )
+            return {}
+        info = self._finished_job(sobject, job_id, info)
+        if int(info.get("numberRecordsProcessed") or 0) <= int(info.get("numberRecordsFailed") or 0):
+            return {}
+        text = self.client.call(
+            "Bulk API 2.0 successful results",
+            lambda sf: _bulk2(sf, sobject).get_ingest_results(job_id, "successfulResults"),
+        )
+        return {
+            _key(row, key_fields): str(row["sf__Id"])
+            for row in csv.DictReader(io.StringIO(text))
+            if row.get("sf__Id") and _key(row, key_fields)
+        }
 
     # -- errors -----------------------------------------------------------------------------
 

@@ -226,6 +226,9 @@ def typed_invalid(field_type: str, v: str) -> str | None:
     """For a typed source column that implies validity: SQL true when a value is still out of range."""
     if field_type in ("date", "datetime", "datetime_required"):
         return f"{_nv(v)} !~ '{_TYPED_DATE_IN_RANGE}'"
+    if field_type == "json":
+        # lists and structs can hold what JSON cannot: NaN, Infinity, text with a NUL (\u0000)
+        return f"NOT conversion_is_jsonb({_nv(v)})"
     return None
 
 

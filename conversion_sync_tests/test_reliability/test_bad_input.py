@@ -333,6 +333,16 @@ def test_every_kind_of_bad_value_in_one_run(bad_input_world: SyncWorld, figures:
         names=["email", "trial_ends_at", "born", "prefs", "score"],
     )
     check_run(bad_input_world, "contacts", timestamps, figures)
+    nested = pa.table(
+        {
+            "email": ["inf@example.com", "nul@example.com", "fine@example.com"],
+            "prefs": pa.array(
+                [{"a": float("inf"), "b": "x"}, {"a": 1.0, "b": "nul\x00inside"}, {"a": 2.5, "b": "ok"}],
+                type=pa.struct([("a", pa.float64()), ("b", pa.string())]),
+            ),
+        }
+    )
+    check_run(bad_input_world, "contacts", nested, figures)
     huge_key = "k" * 1_100_000
     objects = pa.table(
         {

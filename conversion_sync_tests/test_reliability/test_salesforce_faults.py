@@ -349,3 +349,39 @@ def test_random_salesforce_faults_across_reconciliations_many_trials(
         faults=20,
         bulk_threshold=1000 if trial % 2 else 200,
     )
+
+
+@pytest.mark.parametrize(
+    "interrupted_at",
+    ["successfulResults", "/batches", "/jobs/ingest/"],
+    ids=["reading results", "uploading", "after closing"],
+)
+def test_a_bulk_lead_job_cut_short_never_creates_a_lead_twice(
+    standin_org: Org, salesforce_resource: SalesforceResource, new_store: StoreFactory, interrupted_at: str
+) -> None:
+    """The API allowance runs out between creating a Leads job and reading its results: the next run links the
+    Leads that job created (or aborts a job left open) instead of creating them again."""
+    org = standin_org
+    store = new_store()
+    seed_campaign(org, store, random.Random(7), 600)  # 400 store members without a Salesforce record
+    # after: 2 queries; for "/jobs/ingest/", skip the upload and the close and stop at the first status poll
+    org.add_fault(
+        "request_limit", after=2 if interrupted_at == "/jobs/ingest/" else 0, path_contains=interrupted_at
+    )
+    stopped = reconcile(salesforce_resource, store, bulk_threshold=50)
+    assert stopped.stopped_early and not stopped.complete
+    assert org.pending_faults() == []
+    leads_after_stop = len(org.query("SELECT Id FROM Lead"))
+    assert leads_after_stop == (0 if interrupted_at == "/batches" else 400)
+    finished = reconcile(salesforce_resource, store, bulk_threshold=50)
+    assert finished.complete
+    store_side, salesforce_side, leads = campaign_state(org, store)
+    assert leads == 400, "a contact got a second Lead"
+    assert {(e, s) for e, _, s, _ in store_side} == set(salesforce_side)
+    with store_engine(store).connect() as conn:
+        assert (
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM sync_state WHERE sync_name LIKE 'campaign_reconcile:%%'"
+            ).scalar()
+            == 0
+        )
