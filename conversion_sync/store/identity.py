@@ -66,31 +66,27 @@ class IdentityMatcher(dg.ConfigurableResource):
 
         Must run inside a transaction; holds the identity lock until it commits, so concurrent
         resolutions of the same new emails create each contact once. `unique_emails` promises that
-        the table has no Salesforce ids and no two rows with one email, which saves a grouping pass.
+        the table has no Salesforce ids and no two rows with one email: the rules then run on the table itself.
         """
         lock_identities(conn)
         sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
         sf_type = salesforce_type_column or "NULL::text"
         run = conn.exec_driver_sql
-        run(f"DROP TABLE IF EXISTS {_KEYS}")
         if unique_emails and not salesforce_id_column:
-            run(
-                f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
-                SELECT NULL::text AS salesforce_id, NULL::text AS salesforce_type, {email_norm} AS email_norm,
-                       btrim({email_column}) AS email, NULL::bigint AS contact_id, NULL::text AS outcome
-                FROM {table} WHERE {email_norm} IS NOT NULL"""
+            return self._resolve_unique_emails(
+                conn, table, email_column, contact_column, outcome_column, create
             )
-        else:
-            run(
-                f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
-                SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
-                       min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
-                       NULL::bigint AS contact_id, NULL::text AS outcome
-                FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
-                UNION ALL
-                SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
-                FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
-            )
+        run(f"DROP TABLE IF EXISTS {_KEYS}")
+        run(
+            f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
+            SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
+                   min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
+                   NULL::bigint AS contact_id, NULL::text AS outcome
+            FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
+            UNION ALL
+            SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
+            FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
+        )
         run(
             f"ANALYZE {_KEYS}"
         )  # temp tables are never auto-analyzed; the planner needs row counts for hash joins
@@ -175,6 +171,49 @@ class IdentityMatcher(dg.ConfigurableResource):
               AND {s_sf_id} IS NULL"""
         )
         run(f"DROP TABLE {_KEYS}")
+        return counts
+
+    def _resolve_unique_emails(
+        self,
+        conn: sa.Connection,
+        table: str,
+        email_column: str,
+        contact_column: str,
+        outcome_column: str | None,
+        create: bool,
+    ) -> IdentityCounts:
+        """Rules 2 and 3 for plain emails, straight on a table with one row per email (no Salesforce ids):
+        no copy of the keys is needed."""
+        email_norm = _key_expressions("", email_column, None)[1]
+        s_email_norm = _key_expressions("s.", email_column, None)[1]
+
+        def outcome(name: str) -> str:
+            return f", {outcome_column} = '{name}'" if outcome_column else ""
+
+        counts = IdentityCounts()
+        counts.matched_by_email = conn.exec_driver_sql(
+            f"""UPDATE {table} s SET {contact_column} = m.id{outcome("matched_by_email")}
+            FROM (
+                SELECT DISTINCT ON (email_normalized) id, email_normalized FROM contacts
+                WHERE email_normalized IN (SELECT {email_norm} FROM {table})
+                ORDER BY email_normalized, updated_at DESC, id DESC
+            ) m
+            WHERE m.email_normalized = {s_email_norm}"""
+        ).rowcount
+        if create:
+            counts.created = conn.exec_driver_sql(
+                f"""WITH created AS (
+                    INSERT INTO contacts (email, email_normalized)
+                    SELECT btrim({email_column}), {email_norm} FROM {table}
+                    WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL ORDER BY 2
+                    RETURNING id, email_normalized
+                )
+                UPDATE {table} s SET {contact_column} = created.id{outcome("created")}
+                FROM created WHERE {s_email_norm} = created.email_normalized"""
+            ).rowcount
+        counts.unresolved = conn.exec_driver_sql(
+            f"SELECT count(*) FROM {table} WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL"
+        ).scalar_one()
         return counts
 
     def resolve(

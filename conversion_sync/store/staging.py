@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -19,6 +21,8 @@ STAGING_SCHEMA = "conversion_staging"
 ROW_NUMBER = "_row_number"
 BAD_TEXT = "_bad_text_column"
 """Staged per row: the first source column whose text held a NUL byte (Postgres text cannot), else NULL."""
+FINGERPRINT = "_fingerprint"
+"""Staged per row: md5 (hex) of the JSON array of the row's fingerprinted columns as text (nulls stay null)."""
 
 
 _RUN_PART = 12
@@ -68,12 +72,15 @@ class BatchTextifier:
 
     Nested values (structs, lists, maps) become JSON text; timestamps are rendered in UTC; text with a
     NUL byte is flagged per row (the row is rejected later) and the NUL removed so the batch can be staged.
+    Each row's fingerprint (of the columns at `fingerprint_columns`, as staged) is computed here too,
+    vectorised, instead of row by row in the store.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fingerprint_columns: Iterable[int] = ()) -> None:
         self._db = duckdb.connect()
         self._db.execute("SET TimeZone = 'UTC'")
         self._select: str | None = None
+        self._fingerprint_columns = list(fingerprint_columns)
 
     def _build_select(self, batch: pa.RecordBatch) -> str:
         relation = self._db.from_arrow(batch)
@@ -93,7 +100,10 @@ class BatchTextifier:
                 expr = f"CAST({quoted} AS VARCHAR)"
             texts.append(f"{expr} AS c{i}")
         flag = f"CASE {' '.join(flags)} END" if flags else "CAST(NULL AS VARCHAR)"
-        return f"SELECT {', '.join(texts)}, {flag} AS {BAD_TEXT} FROM batch"
+        texted = f"SELECT {', '.join(texts)}, {flag} AS {BAD_TEXT} FROM batch"
+        listed = ", ".join(f"c{i}" for i in self._fingerprint_columns)
+        fingerprint = f"md5(CAST(to_json(CAST([{listed}] AS VARCHAR[])) AS VARCHAR))"
+        return f"SELECT *, {fingerprint} AS {FINGERPRINT} FROM ({texted})"
 
     def to_text(self, batch: pa.RecordBatch) -> pa.Table:
         if self._select is None:
@@ -119,7 +129,8 @@ def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns
     cols = ", ".join(f"{name} text" for name in columns.staged_names)
     separator = ", " if cols else ""
     conn.exec_driver_sql(
-        f"CREATE UNLOGGED TABLE {qualified(table)} ({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text)"
+        f"CREATE UNLOGGED TABLE {qualified(table)} "
+        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} text)"
     )
 
 
@@ -159,21 +170,22 @@ def adbc_connection(store_url: str) -> Iterator[object]:
         conn.close()
 
 
-@dataclass
-class StagingResult:
-    rows: int
-    batches: int
-    columns: StagedColumns
-
-
 class StagingWriter:
-    """Appends text-converted batches to a staging table, numbering rows in arrival order."""
+    """Appends text-converted batches to a staging table, numbering rows in arrival order.
 
-    def __init__(self, adbc_conn: object, table: str, columns: StagedColumns) -> None:
+    Each batch's COPY runs on a worker thread while the next batch is read and converted, so the
+    warehouse read, the conversion and the store's COPY overlap (one batch in flight at most).
+    """
+
+    def __init__(
+        self, adbc_conn: object, table: str, columns: StagedColumns, fingerprint_columns: Iterable[int] = ()
+    ) -> None:
         self._conn = adbc_conn
         self._table = table
         self._columns = columns
-        self._textifier = BatchTextifier()
+        self._textifier = BatchTextifier(fingerprint_columns)
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-copy")
+        self._in_flight: Future[None] | None = None
         self.rows = 0
         self.batches = 0
 
@@ -183,11 +195,31 @@ class StagingWriter:
         text = self._textifier.to_text(batch)
         numbers = pa.array(np.arange(self.rows + 1, self.rows + 1 + batch.num_rows, dtype=np.int64))
         text = text.add_column(0, ROW_NUMBER, numbers)
-        with self._conn.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.adbc_ingest(self._table, text, mode="append", db_schema_name=STAGING_SCHEMA)
-        self._conn.commit()  # type: ignore[attr-defined]
+        self._wait()
+        self._in_flight = self._copier.submit(self._copy, text)
         self.rows += batch.num_rows
         self.batches += 1
 
+    def _copy(self, text: pa.Table) -> None:
+        with self._conn.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.adbc_ingest(self._table, text, mode="append", db_schema_name=STAGING_SCHEMA)
+        self._conn.commit()  # type: ignore[attr-defined]
+
+    def _wait(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def finish(self) -> None:
+        """Wait for the last COPY; raises its error. Every appended row is in the table afterwards."""
+        self._wait()
+
     def close(self) -> None:
-        self._textifier.close()
+        """Release the worker and the converter. A COPY still in flight is waited for; its error is not
+        raised here (after a failed read, that error is the one to report)."""
+        try:
+            with contextlib.suppress(Exception):
+                self._wait()
+        finally:
+            self._copier.shutdown(wait=True)
+            self._textifier.close()

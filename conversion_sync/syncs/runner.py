@@ -32,10 +32,11 @@ from conversion_sync.syncs.validation import (
     ValidationResult,
     Validator,
     WholeRunError,
+    fingerprinted_columns,
     map_columns,
     rows_table,
 )
-from conversion_sync.syncs.writers import WRITERS, WriteContext, WriteCounts
+from conversion_sync.syncs.writers import WRITERS, WriteContext, WriteCounts, row_fields_json
 from conversion_sync.warehouses import WarehouseError, open_warehouse
 
 PREVIEW_REJECTED_ROWS = 20
@@ -136,20 +137,24 @@ class SyncRunner:
                 for batch in warehouse.stream(sql, batch_rows):
                     if writer is None:
                         names = list(batch.schema.names)
-                        map_columns(names, self.destination, self.sync.name)
+                        mapped = map_columns(names, self.destination, self.sync.name)
                         columns = StagedColumns(names)
                         with self.store.begin() as conn:
                             create_staging_table(conn, table, columns)
                             sync_state.record_columns(
                                 conn, run_id, names, [str(t) for t in batch.schema.types]
                             )
-                        writer = StagingWriter(adbc, table, columns)
+                        writer = StagingWriter(
+                            adbc, table, columns, fingerprinted_columns(mapped, self.destination)
+                        )
                     if self.sync.max_rows is not None and writer.rows + batch.num_rows > self.sync.max_rows:
                         raise WholeRunError(
                             f"sync '{self.sync.name}': the query returned more than max_rows={self.sync.max_rows} "
                             "rows; nothing was written"
                         )
                     writer.append(batch)
+                if writer is not None:
+                    writer.finish()
             finally:
                 if writer is not None:
                     writer.close()
@@ -212,6 +217,7 @@ class SyncRunner:
             rows_table=qualified(rows_table(table)),
             all_keys_select=validator.all_keys_select(),
             written_fields=validator.written_fields(),
+            field_columns=validator.field_columns(),
             full_sync=record.full_sync,
             run_started=record.next_watermark or datetime.now(UTC),
             matcher=self.matcher,
@@ -359,7 +365,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
         f"""SELECT {key} AS key,
                    CASE WHEN f.fingerprint IS NULL THEN 'add' WHEN f.fingerprint <> r.fingerprint THEN 'change'
                         ELSE 'unchanged' END AS action,
-                   r.fields AS new, {old} AS old
+                   {row_fields_json(ctx, "r")} AS new, {old} AS old
             FROM {ctx.rows_table} r
             LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
             WHERE r.problem IS NULL ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from conversion_sync.store.staging import BAD_TEXT, ROW_NUMBER, qualified
+from conversion_sync.store.staging import BAD_TEXT, FINGERPRINT, ROW_NUMBER, qualified
 from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
 
 _UNIT_SEPARATOR = "chr(31)"
@@ -72,6 +72,15 @@ def map_columns(source_names: list[str], destination: DestinationFields, sync_na
             f"; known fields: {', '.join(display)}"
         )
     return ColumnMap(fields=fields, source_names=spelled, properties=properties)
+
+
+def fingerprinted_columns(columns: ColumnMap, destination: DestinationFields) -> list[int]:
+    """Positions of the source columns whose raw text makes a row's fingerprint: every written field
+    (relationshipFields included) and every event property, not the key, email or timestamps."""
+    special = {f for f in destination.special if f != RELATIONSHIP_FIELDS}
+    staged = [col for field, col in columns.fields.items() if field not in special]
+    staged += list(columns.properties.values())
+    return sorted(int(col.removeprefix("c")) for col in staged)
 
 
 # --- per-type rules: when a value is missing / invalid, and its typed SQL value ---------------------------
@@ -217,15 +226,13 @@ def implied_valid(field_type: str, arrow_type: str) -> bool:
     return False
 
 
-_TYPED_DATE_IN_RANGE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[^(]*$"
-"""A typed date/timestamp as text in years 0001–9999 AD; DuckDB renders others '275760-09-13' or
-'0044-03-15 (BC)', which the store's date/timestamptz casts cannot take."""
-
-
 def typed_invalid(field_type: str, v: str) -> str | None:
     """For a typed source column that implies validity: SQL true when a value is still out of range."""
     if field_type in ("date", "datetime", "datetime_required"):
-        return f"{_nv(v)} !~ '{_TYPED_DATE_IN_RANGE}'"
+        # Typed dates are rendered 'YYYY-MM-DD…' in years 0001–9999 AD; DuckDB renders others '275760-09-13'
+        # or '0044-03-15 (BC)', which the store's date/timestamptz casts cannot take. (No regex: a million
+        # regex matches cost more than the rest of the row's checks.)
+        return f"NOT (substr({v}, 5, 1) = '-' AND strpos({v}, '(') = 0)"
     if field_type == "json":
         # lists and structs can hold what JSON cannot: NaN, Infinity, text with a NUL (\u0000)
         return f"NOT conversion_is_jsonb({_nv(v)})"
@@ -249,7 +256,8 @@ def rows_table(staging_table: str) -> str:
     return f"{staging_table}_rows"
 
 
-def _json_object(pairs: list[tuple[str, str]]) -> str:
+def json_object_sql(pairs: list[tuple[str, str]]) -> str:
+    """jsonb_build_object over any number of (key, SQL value) pairs (it takes at most 100 arguments per call)."""
     if not pairs:
         return "'{}'::jsonb"
     chunks = [pairs[i : i + _JSON_PAIRS_PER_CALL] for i in range(0, len(pairs), _JSON_PAIRS_PER_CALL)]
@@ -352,13 +360,6 @@ class Validator:
             del name, column  # extra event columns become properties as text: always valid
         return checks
 
-    def _fingerprint_sql(self) -> str:
-        """md5 of the raw text of every written field (NULL and '' differ in a ROW's text form)."""
-        special = {f for f in self.destination.special if f != RELATIONSHIP_FIELDS}
-        staged = [f"s.{col}" for field, col in self.columns.fields.items() if field not in special]
-        staged += [f"s.{col}" for col in self.columns.properties.values()]
-        return f"md5(ROW({', '.join(staged)}, NULL)::text)::uuid" if staged else "md5('')::uuid"
-
     def _checked_fields(self) -> dict[str, str]:
         """Fields whose values are checked (their text may be invalid for the field type), with the SQL
         that is true for an invalid value: the full rule, or for a typed source only its range check."""
@@ -403,38 +404,49 @@ class Validator:
         ).rowcount
         return rejected
 
+    def field_columns(self) -> dict[str, str]:
+        """Written field → its typed column in the rows table (v0, v1, …)."""
+        return {f: f"v{i}" for i, f in enumerate(self.written_fields())}
+
     def _typed_select(self) -> str:
         c = self.columns.staged
         rules = {field: rule for field, _, rule in self._rules()}
         kind = self.destination.kind
-        special = set(self.destination.special)
-
         checked = self._checked_fields()
+        # Only contacts skip rows whose raw text matches the fingerprint their key was last written with:
+        # they need no checks and no typed values (a re-run of an unchanged sync costs little more than
+        # reading it). A contact row is all there is to its key; an object's fields come from several rows.
+        skips_unchanged = kind == "contacts"
 
-        def value(field: str) -> str:
+        def value(field: str, when_unchanged: bool = False) -> str:
             # A cast runs only where its own field's check passed, so it cannot fail; a field whose source
             # type guarantees validity has no check and no guard. Guards never refer to `problem`, so
             # Postgres evaluates the checks once per row (and may spread the scan over parallel workers).
             if field not in rules:
                 return "NULL"
             column = self.columns.fields[field]
+            typed = rules[field].value
             if field in checked:
-                return f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {rules[field].value} END"
-            return rules[field].value
+                typed = f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {typed} END"
+            if skips_unchanged and not when_unchanged:
+                return f"CASE WHEN NOT s.unchanged THEN {typed} END"
+            return typed
 
-        field_pairs = [
-            (f, value(f)) for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS
-        ]
-        updated_at = value("updated_at") + "::timestamptz" if "updated_at" in rules else "NULL::timestamptz"
+        typed_fields = ", ".join(f"{value(f)} AS {col}" for f, col in self.field_columns().items())
+        # every row's updated_at, unchanged or not: it decides which of the rows sharing a key wins
+        updated_at = (
+            value("updated_at", when_unchanged=True) + "::timestamptz"
+            if "updated_at" in rules
+            else "NULL::timestamptz"
+        )
         email = f"btrim({c('email')})" if c("email") else "NULL::text"
         email_norm = f"NULLIF(lower(btrim({c('email')})), '')" if c("email") else "NULL::text"
-        fields = _json_object(field_pairs)
         rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in rules else "NULL::jsonb"
         object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
         if kind == "events":
             props_pairs = [(name, f"s.{col}") for name, col in self.columns.properties.items()]
             explicit = value("properties") + "::jsonb" if "properties" in rules else "NULL::jsonb"
-            properties = f"coalesce({explicit}, '{{}}'::jsonb) || {_json_object(props_pairs)}"
+            properties = f"coalesce({explicit}, '{{}}'::jsonb) || {json_object_sql(props_pairs)}"
             event_ts = value("timestamp")
             event_name = value("event_name")
             given = value("message_id")
@@ -455,34 +467,26 @@ class Validator:
                 if kind == "contacts"
                 else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
-        if kind == "contacts":
-            # A row whose raw text matches the fingerprint its key was last written with is unchanged:
-            # it needs no checks and no typed values (a re-run of an unchanged sync costs little more
-            # than reading it). Only for contacts, where a row is all there is to its key.
+        fingerprint = f"s.{FINGERPRINT}::uuid"
+        if skips_unchanged:
             source = f"""(SELECT s.*, f.row_key IS NOT NULL AS unchanged,
                                  CASE WHEN f.row_key IS NULL THEN {self._problem_case()} END AS problem
                           FROM {self.stage} s
                           LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {email_norm}
-                               AND f.fingerprint = {self._fingerprint_sql()})"""
-            fields_sql = f"CASE WHEN NOT s.unchanged THEN {fields} END"
+                               AND f.fingerprint = {fingerprint})"""
         else:
-            source = f"(SELECT *, {self._problem_case()} AS problem FROM {self.stage} s)"
-            fields_sql = fields
+            source = f"(SELECT *, false AS unchanged, {self._problem_case()} AS problem FROM {self.stage} s)"
         return f"""
             SELECT *, {row_key} AS row_key, NULL::bigint AS contact_id
             FROM (
-                SELECT s.{ROW_NUMBER} AS row_number, s.problem, {email} AS email, {email_norm} AS email_norm,
-                       {updated_at} AS updated_at, {fields_sql} AS fields, {rel} AS rel_fields, {object_id} AS object_id,
+                SELECT s.{ROW_NUMBER} AS row_number, s.problem, s.unchanged, {email} AS email,
+                       {email_norm} AS email_norm, {updated_at} AS updated_at{", " if typed_fields else ""}{typed_fields},
+                       {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
-                       {message_id} AS message_id, {properties} AS properties, {self._fingerprint_sql()} AS fingerprint
+                       {message_id} AS message_id, {properties} AS properties, {fingerprint} AS fingerprint
                 FROM {source} s
             ) typed
         """
-
-    def _problem_case(self) -> str:
-        """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
-        whens = " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond, _, _) in enumerate(self._checks()))
-        return f"CASE {whens} END"
 
     def build_rows(self, conn: sa.Connection) -> int:
         """One pass over the staged rows: each row's first problem (if any) and its typed values."""
