@@ -6,8 +6,10 @@ import contextlib
 import logging
 import os
 import subprocess
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -53,12 +55,43 @@ def start_embedded_postgres(data_dir: Path | None = None) -> str:
     if not embedded_postgres_running(data_dir):
         # pgserver caches handles per process; a handle to a server stopped since is stale
         pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = _get_server(pgserver, pgdata)
     base_uri = server.get_uri("postgres")
     _tune(base_uri)
     for database in (STORE_DATABASE, DAGSTER_DATABASE):
         _ensure_database(base_uri, database)
     return _database_url(base_uri, STORE_DATABASE)
+
+
+RECOVERY_TIMEOUT_S = 900
+
+
+def _get_server(pgserver: Any, pgdata: Path) -> Any:
+    """pgserver's server handle. Its pg_ctl gives up after 10 s, but the server goes on starting: after an
+    unclean stop (a killed process, a lost machine) it first replays its WAL, which can take minutes."""
+    from pgserver.utils import PostmasterInfo
+
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+    while True:
+        try:
+            return pgserver.get_server(pgdata, cleanup_mode=None)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise
+            log.warning(
+                "the embedded Postgres is still starting (recovering after an unclean stop?); waiting"
+            )
+            # pgserver caches the handle before starting; this one never saw the server ready
+            pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+        while time.monotonic() < deadline:
+            try:
+                info = PostmasterInfo.read_from_pgdata(pgdata)
+            except AssertionError:  # postmaster.pid is still being written
+                info = None
+            else:
+                if info is None or not info.is_running() or info.status == "ready":
+                    break  # ready, or not started at all: ask pgserver again
+            time.sleep(1)
 
 
 def embedded_url(database: str, data_dir: Path | None = None) -> str:

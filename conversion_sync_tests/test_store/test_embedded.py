@@ -40,6 +40,37 @@ def test_processes_share_one_server(data_dir: Path) -> None:
         assert conn.execute("SELECT current_database()").fetchone() == ("conversion",)
 
 
+def test_a_start_that_outlasts_pg_ctl_waits_for_the_server(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an unclean stop the server replays its WAL before it takes connections, which can take longer
+    than pgserver's pg_ctl waits (10 s): the start waits for the server instead of failing."""
+    import pgserver.postgres_server as pgserver_module
+    from pgserver.utils import PostmasterInfo
+
+    url = start_embedded_postgres(data_dir)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept AS SELECT i FROM generate_series(1, 50000) i")
+    info = PostmasterInfo.read_from_pgdata(data_dir / "postgres")
+    assert info is not None
+    info.process.kill()  # SIGKILL: no shutdown checkpoint, the next start recovers
+    info.process.wait(timeout=30)
+    real, starts = pgserver_module.pg_ctl, []
+
+    def impatient_pg_ctl(args: list[str], **kwargs: object) -> object:
+        if "start" in args:
+            starts.append(args)
+            if len(starts) == 1:
+                kwargs["timeout"] = 0.01  # as if recovery outlasted pg_ctl's 10 s
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(pgserver_module, "pg_ctl", impatient_pg_ctl)
+    url = start_embedded_postgres(data_dir)
+    assert starts, "the server was not restarted"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (50000,)
+
+
 @dg.op
 def say_hello() -> str:
     return "hello"
