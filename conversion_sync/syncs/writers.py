@@ -103,11 +103,12 @@ def _save_fingerprints(conn: sa.Connection, ctx: WriteContext, counts: WriteCoun
 
 def _plan_removed(conn: sa.Connection, ctx: WriteContext) -> int:
     """Create _removed: keys this sync wrote before that the full query no longer returns."""
-    conn.exec_driver_sql("CREATE TEMP TABLE _removed (row_key text) ON COMMIT DROP")
     if not ctx.full_sync:
+        conn.exec_driver_sql("CREATE TEMP TABLE _removed (row_key text) ON COMMIT DROP")
         return 0
+    # CREATE TABLE AS, unlike INSERT … SELECT, may run its anti-join in parallel workers
     return conn.exec_driver_sql(
-        f"""INSERT INTO _removed SELECT f.row_key FROM sync_fingerprints f
+        f"""CREATE TEMP TABLE _removed ON COMMIT DROP AS SELECT f.row_key FROM sync_fingerprints f
         WHERE f.sync_name = %(sync)s AND NOT EXISTS (
             SELECT 1 FROM ({ctx.all_keys_select}) k WHERE k.row_key = f.row_key)""",
         _params(ctx),
