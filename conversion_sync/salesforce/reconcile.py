@@ -216,6 +216,20 @@ def _soql_id(value: str) -> str:
     return value
 
 
+def _link_leads(conn: sa.Connection, pairs: Sequence[tuple[int, str]]) -> dict[int, str]:
+    """Link contacts to the Leads created for them, under the identity lock; a contact that got a
+    Salesforce record meanwhile keeps it. Returns the links made (contact id → Lead id)."""
+    lock_identities(conn)
+    done = conn.exec_driver_sql(
+        """UPDATE contacts c SET salesforce_id = v.sf_id, salesforce_type = 'Lead', updated_at = now()
+        FROM unnest(%(contacts)s::bigint[], %(leads)s::text[]) AS v(contact_id, sf_id)
+        WHERE c.id = v.contact_id AND c.salesforce_id IS NULL
+        RETURNING c.id, v.sf_id""",
+        {"contacts": [c for c, _ in pairs], "leads": [lead for _, lead in pairs]},
+    ).all()
+    return {contact_id: str(sf) for contact_id, sf in done}
+
+
 class CampaignReconciler:
     """Reconciles every linked store campaign with its Salesforce campaign, one campaign at a time.
 
@@ -740,15 +754,8 @@ class CampaignReconciler:
             ]
             with self.store.begin() as conn:
                 if created:
-                    lock_identities(conn)
-                    done = conn.exec_driver_sql(
-                        """UPDATE contacts c SET salesforce_id = v.sf_id, salesforce_type = 'Lead', updated_at = now()
-                        FROM unnest(%(contacts)s::bigint[], %(leads)s::text[]) AS v(contact_id, sf_id)
-                        WHERE c.id = v.contact_id AND c.salesforce_id IS NULL
-                        RETURNING c.id, v.sf_id""",
-                        {"contacts": [c for c, _ in created], "leads": [sf for _, sf in created]},
-                    ).all()
-                    linked.update({contact_id: str(sf) for contact_id, sf in done})
+                    done = _link_leads(conn, created)
+                    linked.update(done)
                     if len(done) < len(created):
                         self.log.warning(
                             f"campaign '{campaign.name}': {len(created) - len(done)} contact(s) were linked to "
@@ -803,21 +810,14 @@ class CampaignReconciler:
             (contact_by_email[email], lead) for email, lead in leads.items() if email in contact_by_email
         ]
         with self.store.begin() as conn:
-            lock_identities(conn)
-            done = conn.exec_driver_sql(
-                """UPDATE contacts c SET salesforce_id = v.sf_id, salesforce_type = 'Lead', updated_at = now()
-                FROM unnest(%(contacts)s::bigint[], %(leads)s::text[]) AS v(contact_id, sf_id)
-                WHERE c.id = v.contact_id AND c.salesforce_id IS NULL
-                RETURNING c.id, v.sf_id""",
-                {"contacts": [c for c, _ in pairs], "leads": [lead for _, lead in pairs]},
-            ).all()
+            done = _link_leads(conn, pairs)
             self._forget_lead_jobs(conn, campaign)
         if done:
             self.log.info(
                 f"campaign '{campaign.name}': linked {len(done)} contact(s) to the Leads an interrupted run "
                 "created (its Bulk API 2.0 results had not been read)"
             )
-        return {contact_id: str(sf) for contact_id, sf in done}
+        return done
 
     def _create_members(
         self,
