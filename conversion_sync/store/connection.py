@@ -53,13 +53,15 @@ def prepare_bulk_transaction(conn: sa.Connection) -> None:
     """Settings for a transaction of set-based statements over whole runs: UTC, room for hash joins, and
     parallel workers for the scans that compute a value per row.
 
-    The server default (4 MB work_mem) makes every large hash join or aggregate spill to disk. With the
+    The server default (4 MB work_mem) makes every large hash join or aggregate spill to disk (and 64 MB
+    maintenance_work_mem the sort that builds a new sync's fingerprint index). With the
     default parallel costs, once a staged table is analyzed the planner judges that shipping a million wide
     rows from workers costs more than it saves, yet validating them in two processes halves the time.
     """
     work_mem = os.environ.get(BULK_WORK_MEM_ENV, "256MB")
     conn.exec_driver_sql(
-        "SELECT set_config('work_mem', %s, true), set_config('TimeZone', 'UTC', true), "
+        "SELECT set_config('work_mem', %s, true), set_config('maintenance_work_mem', %s, true), "
+        "set_config('TimeZone', 'UTC', true), "
         "set_config('parallel_setup_cost', '100', true), set_config('parallel_tuple_cost', '0.001', true)",
-        (work_mem,),
+        (work_mem, work_mem),
     )

@@ -22,7 +22,8 @@ ROW_NUMBER = "_row_number"
 BAD_TEXT = "_bad_text_column"
 """Staged per row: the first source column whose text held a NUL byte (Postgres text cannot), else NULL."""
 FINGERPRINT = "_fingerprint"
-"""Staged per row: md5 (hex) of the JSON array of the row's fingerprinted columns as text (nulls stay null)."""
+"""Staged per row: the JSON array of the row's fingerprinted columns as text (nulls stay null), hashed: the
+first 15 hex digits of its md5 as a bigint (60 bits: a changed row keeps its fingerprint once in 10^18)."""
 
 
 _RUN_PART = 12
@@ -102,7 +103,9 @@ class BatchTextifier:
         flag = f"CASE {' '.join(flags)} END" if flags else "CAST(NULL AS VARCHAR)"
         texted = f"SELECT {', '.join(texts)}, {flag} AS {BAD_TEXT} FROM batch"
         listed = ", ".join(f"c{i}" for i in self._fingerprint_columns)
-        fingerprint = f"md5(CAST(to_json(CAST([{listed}] AS VARCHAR[])) AS VARCHAR))"
+        fingerprint = (
+            f"CAST('0x' || left(md5(CAST(to_json(CAST([{listed}] AS VARCHAR[])) AS VARCHAR)), 15) AS BIGINT)"
+        )
         return f"SELECT *, {fingerprint} AS {FINGERPRINT} FROM ({texted})"
 
     def to_text(self, batch: pa.RecordBatch) -> pa.Table:
@@ -130,7 +133,7 @@ def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns
     separator = ", " if cols else ""
     conn.exec_driver_sql(
         f"CREATE UNLOGGED TABLE {qualified(table)} "
-        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} text)"
+        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} bigint)"
     )
 
 

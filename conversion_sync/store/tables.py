@@ -203,8 +203,10 @@ sync_fingerprints = sa.Table(
     metadata,
     sa.Column("sync_name", sa.Text, primary_key=True),
     sa.Column("row_key", sa.Text, primary_key=True),
-    sa.Column("fingerprint", sa.Uuid, nullable=False),
+    sa.Column("fingerprint", sa.BigInteger, nullable=False),
+    postgresql_partition_by="LIST (sync_name)",
 )
+"""One partition per sync (store/fingerprints.py creates it with the sync's first fingerprints)."""
 
 sync_rejections = sa.Table(
     "sync_rejections",

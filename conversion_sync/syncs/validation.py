@@ -467,7 +467,7 @@ class Validator:
                 if kind == "contacts"
                 else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
-        fingerprint = f"s.{FINGERPRINT}::uuid"
+        fingerprint = f"s.{FINGERPRINT}"
         if skips_unchanged:
             source = f"""(SELECT s.*, f.row_key IS NOT NULL AS unchanged,
                                  CASE WHEN f.row_key IS NULL THEN {self._problem_case()} END AS problem

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from conversion_sync.config.store_schema import STANDARD_CONTACT_FIELDS
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store import fingerprints
 from conversion_sync.store.identity import IdentityMatcher, lock_identities
 from conversion_sync.syncs.validation import json_object_sql
 
@@ -82,11 +83,17 @@ def _count_actions(conn: sa.Connection, counts: WriteCounts, total: int) -> None
 
 def _save_fingerprints(conn: sa.Connection, ctx: WriteContext, counts: WriteCounts) -> None:
     """New keys are inserted, changed ones updated. Under the identity lock no other run of this sync can
-    have written a key since _plan_changes, so a plain INSERT (much cheaper than ON CONFLICT) is safe."""
+    have written a key since _plan_changes, so a plain INSERT (much cheaper than ON CONFLICT) is safe.
+    A sync's first fingerprints become its partition, loaded in bulk."""
+    added = "SELECT row_key, fingerprint FROM _writes WHERE NOT skip AND action = 'added'"
+    if not fingerprints.has_partition(conn, ctx.sync.name):
+        if counts.added:
+            fingerprints.create_partition(conn, ctx.sync.name, added, _params(ctx))
+        return
     if counts.added:
         conn.exec_driver_sql(
-            """INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint)
-            SELECT %(sync)s, row_key, fingerprint FROM _writes WHERE NOT skip AND action = 'added'
+            f"""INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint)
+            SELECT %(sync)s, row_key, fingerprint FROM ({added}) a
             ORDER BY row_key  -- sorted, the primary key index is filled page by page""",
             _params(ctx),
         )

@@ -166,7 +166,11 @@ def test_store_connection_killed_mid_merge(
     figures.add("store_faults", connection_killed_mid_merge=1)
 
 
-DISK_FULL_ON = {"contacts": "sync_fingerprints", "custom_objects": "object_relationships", "events": "events"}
+DISK_FULL_ON = {
+    "contacts": "sync_state",  # the last statement of the write
+    "custom_objects": "object_relationships",
+    "events": "events",
+}
 
 
 @pytest.mark.parametrize("destination", each_destination("events"))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import duckdb
+import pyarrow as pa
+import pytest
 import sqlalchemy as sa
+from alembic import command
 from click.testing import CliRunner
 
 from conversion_sync.cli import main
-from conversion_sync.store.connection import store_engine
-from conversion_sync.store.migrate import current_revision, head_revision, migrate_store
+from conversion_sync.store.connection import sqlalchemy_url, store_engine
+from conversion_sync.store.fingerprints import create_partition, has_partition, partition_name
+from conversion_sync.store.migrate import alembic_config, current_revision, head_revision, migrate_store
+from conversion_sync.store.staging import FINGERPRINT, BatchTextifier
 
 SPEC_TABLES = {
     "contacts",
@@ -79,3 +85,74 @@ def test_cli_migrate_reports_what_it_did(empty_database_url: str, monkeypatch) -
     assert f"migrated from empty to {head_revision()}" in first.output
     second = CliRunner().invoke(main, ["migrate"])
     assert f"is up to date at revision {head_revision()}" in second.output
+
+
+def test_fingerprints_move_to_one_partition_per_sync_and_keep_matching(empty_database_url: str) -> None:
+    """0006: a uuid fingerprint (md5 of the row's JSON text) becomes the 60-bit number the staging step
+    computes for the same text, so an unchanged row stays unchanged across the upgrade."""
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0005")
+    # what the staging step fingerprinted before 0006 (the md5 of this text, as a uuid) and computes now
+    [(row_text,)] = duckdb.sql(
+        "SELECT CAST(to_json(CAST(['Ada', 'Lovelace', NULL] AS VARCHAR[])) AS VARCHAR)"
+    ).fetchall()
+    batch = pa.RecordBatch.from_pydict(
+        {"first": ["Ada"], "last": ["Lovelace"], "city": pa.array([None], pa.string())}
+    )
+    textifier = BatchTextifier([0, 1, 2])
+    [staged] = textifier.to_text(batch).column(FINGERPRINT).to_pylist()
+    textifier.close()
+    engine = sa.create_engine(sqlalchemy_url(empty_database_url), poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            """INSERT INTO sync_fingerprints (sync_name, row_key, fingerprint)
+            VALUES ('people', 'ada@example.com', md5(%(t)s)::uuid), ('people', 'bob@example.com', md5('x')::uuid),
+                   ('it''s', 'k1', md5('y')::uuid)""",
+            {"t": row_text},
+        )
+    command.upgrade(config, "head")
+    with engine.begin() as conn:
+        assert (
+            conn.exec_driver_sql(
+                "SELECT fingerprint FROM sync_fingerprints WHERE row_key = 'ada@example.com'"
+            ).scalar_one()
+            == staged
+        )
+        partitions = dict(
+            conn.exec_driver_sql(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sync_fingerprints'::regclass"
+            ).all()
+        )
+        assert partitions == {
+            partition_name("people"): "FOR VALUES IN ('people')",
+            partition_name("it's"): "FOR VALUES IN ('it''s')",
+        }
+        assert has_partition(conn, "people") and not has_partition(conn, "other")
+        assert conn.exec_driver_sql(f"SELECT count(*) FROM {partition_name('people')}").scalar_one() == 2
+    command.downgrade(config, "0005")
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM sync_fingerprints").scalar_one() == 3
+    engine.dispose()
+
+
+def test_a_syncs_first_fingerprints_become_its_partition_in_one_transaction(store_url: str) -> None:
+    """Loaded, indexed and attached inside the caller's transaction: a rollback leaves no partition behind."""
+    engine = store_engine(store_url)
+    select = "SELECT 'k' || i AS row_key, i::bigint AS fingerprint FROM generate_series(1, 1000) i"
+    with engine.connect() as conn, conn.begin() as transaction:
+        assert create_partition(conn, "rolled back", select, {}) == 1000
+        assert has_partition(conn, "rolled back")
+        transaction.rollback()
+    with engine.begin() as conn:
+        assert not has_partition(conn, "rolled back")
+        create_partition(conn, "kept", select, {})
+    with engine.begin() as conn:
+        assert (
+            conn.exec_driver_sql(
+                "SELECT fingerprint FROM sync_fingerprints WHERE sync_name = 'kept' AND row_key = 'k7'"
+            ).scalar_one()
+            == 7
+        )
+        with pytest.raises(sa.exc.IntegrityError):  # the primary key holds in the partition
+            conn.exec_driver_sql("INSERT INTO sync_fingerprints VALUES ('kept', 'k7', 0)")
