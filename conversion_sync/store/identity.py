@@ -66,7 +66,8 @@ class IdentityMatcher(dg.ConfigurableResource):
 
         Must run inside a transaction; holds the identity lock until it commits, so concurrent
         resolutions of the same new emails create each contact once. `unique_emails` promises that
-        the table has no Salesforce ids and no two rows with one email: the rules then run on the table itself.
+        the table has no Salesforce ids, an email in every row and no two rows with one email: the rules then
+        run on the table itself (or an updatable view).
         """
         lock_identities(conn)
         sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
@@ -211,9 +212,9 @@ class IdentityMatcher(dg.ConfigurableResource):
                 UPDATE {table} s SET {contact_column} = created.id{outcome("created")}
                 FROM created WHERE {s_email_norm} = created.email_normalized"""
             ).rowcount
-        counts.unresolved = conn.exec_driver_sql(
-            f"SELECT count(*) FROM {table} WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL"
-        ).scalar_one()
+        # every row has an email (the unique_emails promise): the rest have no contact
+        rows = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+        counts.unresolved = rows - counts.matched_by_email - counts.created
         return counts
 
     def resolve(

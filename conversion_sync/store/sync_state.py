@@ -36,6 +36,13 @@ def get_watermark(conn: sa.Connection, sync_name: str) -> datetime | None:
     ).scalar()
 
 
+def last_successful_run(conn: sa.Connection, sync_name: str) -> str | None:
+    """The run that last wrote the sync's fingerprints (with its watermark); None before the first or after a reset."""
+    return conn.exec_driver_sql(
+        "SELECT last_run_id FROM sync_state WHERE sync_name = %s", (sync_name,)
+    ).scalar()
+
+
 def set_watermark(conn: sa.Connection, sync_name: str, watermark: datetime, run_id: str) -> None:
     """Move the watermark; call in the transaction of the run's last write."""
     conn.exec_driver_sql(

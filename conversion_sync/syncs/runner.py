@@ -199,6 +199,7 @@ class SyncRunner:
                         "rejected": result.rejected,
                         "duplicates_merged": result.merged,
                         "duration_validate_s": round(time.monotonic() - started, 3),
+                        "planned_after_run": result.planned_after_run,
                     },
                 )
         except Exception as exc:
@@ -209,7 +210,11 @@ class SyncRunner:
     # --- step 3: write ----------------------------------------------------------------------------------
 
     def _write_context(
-        self, record: sync_state.SyncRunRecord, table: str, validator: Validator
+        self,
+        record: sync_state.SyncRunRecord,
+        table: str,
+        validator: Validator,
+        planned_after_run: str | None,
     ) -> WriteContext:
         return WriteContext(
             sync=self.sync,
@@ -221,6 +226,8 @@ class SyncRunner:
             full_sync=record.full_sync,
             run_started=record.next_watermark or datetime.now(UTC),
             matcher=self.matcher,
+            planned_after_run=planned_after_run,
+            rebuild_rows=validator.rebuild,
         )
 
     def write(self, table: str) -> SyncOutcome:
@@ -232,7 +239,8 @@ class SyncRunner:
         try:
             with self.store.begin() as conn:
                 prepare_bulk_transaction(conn)
-                counts = WRITERS[self.destination.kind](conn, self._write_context(record, table, validator))
+                ctx = self._write_context(record, table, validator, record.counts.get("planned_after_run"))
+                counts = WRITERS[self.destination.kind](conn, ctx)
                 all_counts = self._counts(record, counts)
                 durations = {
                     "query": record.counts.get("duration_query_s", 0.0),
@@ -310,7 +318,7 @@ class SyncRunner:
                 prepare_bulk_transaction(conn)
                 validation = validator.run(conn, record.counts.get("queried", 0))
                 rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
-                ctx = self._write_context(record, table, validator)
+                ctx = self._write_context(record, table, validator, validation.planned_after_run)
                 diff = row_diff(conn, ctx, self.destination.kind, limit)
                 counts = WRITERS[self.destination.kind](conn, ctx)
                 transaction.rollback()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from conversion_sync.store import sync_state
 from conversion_sync.store.staging import BAD_TEXT, FINGERPRINT, ROW_NUMBER, qualified
 from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
 
@@ -250,6 +251,8 @@ class ValidationResult:
     duplicates: int
     merged: int = 0
     """Rows identical to another row with the same key: written once, not rejected."""
+    planned_after_run: str | None = None
+    """The sync's last successful run when the rows' actions were planned (see plan_is_current)."""
 
 
 def rows_table(staging_table: str) -> str:
@@ -468,24 +471,39 @@ class Validator:
                 else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
         fingerprint = f"s.{FINGERPRINT}"
+        # action: the row against the fingerprint its key was last written with by this sync (added, changed,
+        # unchanged); a write checks that no other run of the sync wrote since (plan_is_current)
+        join = ""
         if skips_unchanged:
-            source = f"""(SELECT s.*, f.row_key IS NOT NULL AS unchanged,
-                                 CASE WHEN f.row_key IS NULL THEN {self._problem_case()} END AS problem
+            source = f"""(SELECT s.*, f.fingerprint AS stored_fingerprint,
+                                 coalesce(f.fingerprint = {fingerprint}, false) AS unchanged,
+                                 CASE WHEN f.fingerprint = {fingerprint} THEN NULL ELSE {self._problem_case()} END
+                                     AS problem
                           FROM {self.stage} s
-                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {email_norm}
-                               AND f.fingerprint = {fingerprint})"""
+                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {email_norm})"""
+            stored = "typed.stored_fingerprint"
         else:
             source = f"(SELECT *, false AS unchanged, {self._problem_case()} AS problem FROM {self.stage} s)"
+            stored = "f.fingerprint"
+            if kind == "custom_objects":
+                join = f"LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {row_key}"
+        action = (
+            "NULL::text"
+            if kind == "events"
+            else f"""CASE WHEN {stored} IS NULL THEN 'added' WHEN {stored} = typed.fingerprint THEN 'unchanged'
+                          ELSE 'changed' END"""
+        )
         return f"""
-            SELECT *, {row_key} AS row_key, NULL::bigint AS contact_id
+            SELECT typed.*, {row_key} AS row_key, NULL::bigint AS contact_id, {action} AS action, false AS skip
             FROM (
-                SELECT s.{ROW_NUMBER} AS row_number, s.problem, s.unchanged, {email} AS email,
+                SELECT s.{ROW_NUMBER} AS row_number, s.problem, {email} AS email,
                        {email_norm} AS email_norm, {updated_at} AS updated_at{", " if typed_fields else ""}{typed_fields},
                        {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
                        {message_id} AS message_id, {properties} AS properties, {fingerprint} AS fingerprint
+                       {", s.stored_fingerprint" if skips_unchanged else ""}
                 FROM {source} s
-            ) typed
+            ) typed {join}
         """
 
     def build_rows(self, conn: sa.Connection) -> int:
@@ -496,10 +514,10 @@ class Validator:
             {"run_id": self.run_id, "sync": self.sync_name},
         ).rowcount
 
-    def reject_duplicates(self, conn: sa.Connection) -> tuple[int, int]:
+    def reject_duplicates(self, conn: sa.Connection, report: bool = True) -> tuple[int, int]:
         """Rows sharing a key: the later updated_at wins; different values are reported, identical ones merged.
 
-        Returns (reported duplicates, identical rows merged).
+        Returns (reported duplicates, identical rows merged). `report=False` only removes them (a rebuild).
         """
         duplicated = conn.exec_driver_sql(
             f"""CREATE TEMP TABLE _duplicated_keys ON COMMIT DROP AS
@@ -517,7 +535,17 @@ class Validator:
             WINDOW w AS (PARTITION BY row_key ORDER BY updated_at DESC NULLS LAST, row_number DESC)"""
         )
         conn.exec_driver_sql("DELETE FROM _ranked WHERE rank = 1")
-        reported = conn.exec_driver_sql(
+        reported = 0
+        if report:
+            reported = self._report_duplicates(conn)
+        merged = conn.exec_driver_sql(
+            f"DELETE FROM {self.rows} t USING _ranked k WHERE t.row_number = k.rn"
+        ).rowcount
+        conn.exec_driver_sql("DROP TABLE _ranked; DROP TABLE _duplicated_keys")
+        return reported, merged - reported
+
+    def _report_duplicates(self, conn: sa.Connection) -> int:
+        return conn.exec_driver_sql(
             f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
             SELECT %(run_id)s, %(sync)s, d.row_key_display, NULL, 'duplicate_key_in_batch',
                    'duplicate key ' || quote_literal(d.row_key_display) || ' in this run: row ' || k.winner
@@ -532,18 +560,29 @@ class Validator:
             WHERE k.fingerprint <> k.winner_fp""",
             {"run_id": self.run_id, "sync": self.sync_name},
         ).rowcount
-        merged = conn.exec_driver_sql(
-            f"DELETE FROM {self.rows} t USING _ranked k WHERE t.row_number = k.rn"
-        ).rowcount
-        conn.exec_driver_sql("DROP TABLE _ranked; DROP TABLE _duplicated_keys")
-        return reported, merged - reported
+
+    def _analyze(self, conn: sa.Connection) -> None:
+        """Statistics the writers' plans need (not the typed field columns: nothing filters or joins on them)."""
+        conn.exec_driver_sql(
+            f"ANALYZE {self.rows} (problem, action, skip, row_key, email_norm, contact_id, object_id, message_id)"
+        )
+
+    def rebuild(self, conn: sa.Connection) -> None:
+        """Build the rows table again against the fingerprints stored now (for a write whose plan went stale).
+        Rejections were recorded by the validation and come out the same, so they are not recorded again."""
+        self.build_rows(conn)
+        self.reject_duplicates(conn, report=False)
+        self._analyze(conn)
 
     def run(self, conn: sa.Connection, queried: int) -> ValidationResult:
         conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+        # read before the rows are planned against the fingerprints: a write committed in between makes the
+        # plan look stale, never current
+        planned_after = sync_state.last_successful_run(conn, self.sync_name)
         built = self.build_rows(conn)
         rejected = self.reject_rows(conn)
         duplicates, merged = self.reject_duplicates(conn)
-        conn.exec_driver_sql(f"ANALYZE {self.rows}")
+        self._analyze(conn)
         accepted = built - rejected - duplicates - merged
         return ValidationResult(
             queried=queried,
@@ -551,4 +590,5 @@ class Validator:
             rejected=rejected + duplicates,
             duplicates=duplicates,
             merged=merged,
+            planned_after_run=planned_after,
         )

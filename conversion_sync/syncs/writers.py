@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -9,7 +10,7 @@ import sqlalchemy as sa
 
 from conversion_sync.config.store_schema import STANDARD_CONTACT_FIELDS
 from conversion_sync.config.syncs import SyncConfig
-from conversion_sync.store import fingerprints
+from conversion_sync.store import fingerprints, sync_state
 from conversion_sync.store.identity import IdentityMatcher, lock_identities
 from conversion_sync.syncs.validation import json_object_sql
 
@@ -47,28 +48,47 @@ class WriteContext:
     full_sync: bool
     run_started: datetime
     matcher: IdentityMatcher
+    planned_after_run: str | None = None
+    """The sync's last successful run when validation planned the rows' actions."""
+    rebuild_rows: Callable[[sa.Connection], None] = lambda conn: None
+    """Plans the rows again against the fingerprints stored now (Validator.rebuild)."""
 
 
 def _params(ctx: WriteContext) -> dict[str, object]:
     return {"sync": ctx.sync.name, "run_id": ctx.run_id, "started": ctx.run_started}
 
 
-def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, int]:
-    """Create _writes: rows whose fingerprint is new or different. Returns (rows, rows to write)."""
+def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, bool]:
+    """Make _writes: the accepted rows that are new or changed. Returns (accepted rows, whether _writes is a
+    view the writer must drop before it commits).
+
+    Validation planned each row's action against the sync's fingerprints. If another run of this sync wrote
+    since (or it was reset), the rows table is first rebuilt against the fingerprints stored now: under the
+    identity lock, nothing else can write them until this transaction ends. When most rows are to be written
+    (a first run) _writes is a view of the rows table, so a million rows are not copied once more; when few
+    are, a small copy spares each writing statement a scan of all the rows.
+    """
+    if sync_state.last_successful_run(conn, ctx.sync.name) != ctx.planned_after_run:
+        ctx.rebuild_rows(conn)
+    total, writes = conn.exec_driver_sql(
+        f"SELECT count(*), count(*) FILTER (WHERE action <> 'unchanged') FROM {ctx.rows_table} WHERE problem IS NULL"
+    ).one()
+    view = writes * 2 > total
+    started = f"'{ctx.run_started.isoformat()}'::timestamptz"
     conn.exec_driver_sql(
-        f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
-        SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts, to_jsonb(coalesce(r.updated_at, %(started)s)) AS ts_json,
-               CASE WHEN f.fingerprint IS NULL THEN 'added' ELSE 'changed' END AS action,
-               NULL::text AS outcome, false AS skip
-        FROM {ctx.rows_table} r
-        LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
-        WHERE r.problem IS NULL AND NOT r.unchanged AND f.fingerprint IS DISTINCT FROM r.fingerprint""",
-        _params(ctx),
+        f"""CREATE TEMP {"VIEW _writes" if view else "TABLE _writes ON COMMIT DROP"} AS
+        SELECT r.*, coalesce(r.updated_at, {started}) AS ts, to_jsonb(coalesce(r.updated_at, {started})) AS ts_json
+        FROM {ctx.rows_table} r WHERE r.problem IS NULL AND r.action <> 'unchanged'"""
     )
-    conn.exec_driver_sql("ANALYZE _writes")
-    total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table} WHERE problem IS NULL").scalar_one()
-    writes = conn.exec_driver_sql("SELECT count(*) FROM _writes").scalar_one()
-    return total, writes
+    if not view:
+        conn.exec_driver_sql("ANALYZE _writes")
+    return total, view
+
+
+def _drop_writes(conn: sa.Connection, view: bool) -> None:
+    """Temporary views outlive the transaction (unlike ON COMMIT DROP tables), and the session is pooled."""
+    if view:
+        conn.exec_driver_sql("DROP VIEW _writes")
 
 
 def _count_actions(conn: sa.Connection, counts: WriteCounts, total: int) -> None:
@@ -157,7 +177,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     """New emails become contacts with all their fields in one INSERT; known ones get the fields they are newer for."""
     counts = WriteCounts()
     lock_identities(conn)
-    total, _ = _plan_changes(conn, ctx)
+    total, view = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
     ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=False, unique_emails=True)
     if mode == "update":
@@ -214,6 +234,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
                 f"UPDATE contacts c SET {', '.join(clears)} FROM _removed_contacts r WHERE c.id = r.contact_id"
             )
     _forget_removed(conn, ctx)
+    _drop_writes(conn, view)
     return counts
 
 
@@ -245,7 +266,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     object_type = ctx.sync.destination.object_type
     params = {**_params(ctx), "object_type": object_type}
     lock_identities(conn)
-    total, _ = _plan_changes(conn, ctx)
+    total, view = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
     if mode in ("update", "insert"):
         exists = "EXISTS" if mode == "update" else "NOT EXISTS"
@@ -282,6 +303,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
         _remove_objects(conn, ctx, params)
     _forget_removed(conn, ctx)
+    _drop_writes(conn, view)
     return counts
 
 
@@ -335,7 +357,7 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     lock_identities(conn)
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE _writes ON COMMIT DROP AS
-        SELECT r.*, false AS skip FROM {ctx.rows_table} r
+        SELECT r.* FROM {ctx.rows_table} r
         WHERE r.problem IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = r.message_id)"""
     )
     total = conn.exec_driver_sql(f"SELECT count(*) FROM {ctx.rows_table} WHERE problem IS NULL").scalar_one()

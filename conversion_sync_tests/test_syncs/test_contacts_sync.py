@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conversion_sync.store.connection import store_engine
 from conversion_sync.store.sync_state import reset_sync
 from conversion_sync.syncs.template import EPOCH
 
@@ -173,3 +174,47 @@ def test_preview_writes_nothing_and_shows_a_diff(world: SyncWorld) -> None:
     assert before == after
     assert world.sql("SELECT count(*) FROM sync_runs WHERE run_id LIKE 'preview-%%'") == [(0,)]
     assert world.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'conversion_staging'") == [(0,)]
+
+
+@pytest.mark.parametrize("destination", ["contacts", "custom_objects"])
+def test_a_run_whose_plan_went_stale_plans_again_before_writing(world: SyncWorld, destination: str) -> None:
+    """Validation plans each row (added, changed, unchanged) against the stored fingerprints; the write comes
+    later, in its own transaction. If another run of the sync wrote in between, or the sync was reset, the
+    write plans again under the identity lock instead of writing from a stale plan."""
+    world.warehouse(PEOPLE + "ALTER TABLE people ADD COLUMN id VARCHAR; UPDATE people SET id = 'o' || seats;")
+    columns = "email, first_name, last_name, seats, updated_at"
+    if destination == "custom_objects":
+        world.add_sync(
+            "people",
+            "SELECT id, email, seats AS name, updated_at FROM people",
+            destination={"type": "custom_objects", "object_type": "product"},
+        )
+    else:
+        world.add_sync("people", f"SELECT {columns} FROM people")
+    world.run("people")
+    world.warehouse(
+        f"INSERT INTO people ({columns}, id) SELECT 'late' || i || '@example.com', 'L', 'L', CAST(i AS VARCHAR), "
+        "TIMESTAMP '2026-02-01', 'late' || i FROM range(5) t(i)"
+    )
+
+    # Two overlapping runs: the earlier one writes first (a run never abandons one that started after it)
+    first, stale = world.runner("people"), world.runner("people")
+    first_table = first.query("first-run")
+    first.validate(first_table)
+    table = stale.query("stale-run")
+    stale.validate(table)  # planned: 5 added, 200 unchanged
+    assert first.write(first_table).counts["added"] == 5
+    outcome = stale.write(table)
+    assert (outcome.counts["added"], outcome.counts["changed"], outcome.counts["unchanged"]) == (0, 0, 205)
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 205
+
+    again = world.runner("people")
+    table = again.query("after-reset")
+    again.validate(table)  # planned: 205 unchanged
+    with store_engine(world.store_url).begin() as conn:
+        reset_sync(conn, "people")
+    outcome = again.write(table)
+    assert (outcome.counts["added"], outcome.counts["unchanged"]) == (205, 0)
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 205
+    if destination == "contacts":
+        assert world.scalar("SELECT count(*) FROM contacts") == 205
