@@ -195,9 +195,9 @@ class IdentityMatcher(dg.ConfigurableResource):
         counts.matched_by_email = conn.exec_driver_sql(
             f"""UPDATE {table} s SET {contact_column} = m.id{outcome("matched_by_email")}
             FROM (
-                SELECT DISTINCT ON (email_normalized) id, email_normalized FROM contacts
+                SELECT DISTINCT ON (email_normalized COLLATE "C") id, email_normalized FROM contacts
                 WHERE email_normalized IN (SELECT {email_norm} FROM {table})
-                ORDER BY email_normalized, updated_at DESC, id DESC
+                ORDER BY email_normalized COLLATE "C", updated_at DESC, id DESC
             ) m
             WHERE m.email_normalized = {s_email_norm}"""
         ).rowcount
@@ -206,7 +206,8 @@ class IdentityMatcher(dg.ConfigurableResource):
                 f"""WITH created AS (
                     INSERT INTO contacts (email, email_normalized)
                     SELECT btrim({email_column}), {email_norm} FROM {table}
-                    WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL ORDER BY 2
+                    WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL
+                    ORDER BY {email_norm} COLLATE "C"  -- byte order: the index on email_normalized fills page by page
                     RETURNING id, email_normalized
                 )
                 UPDATE {table} s SET {contact_column} = created.id{outcome("created")}
