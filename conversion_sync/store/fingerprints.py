@@ -39,16 +39,14 @@ def create_partition(conn: sa.Connection, sync_name: str, rows_select: str, para
     name = partition_name(sync_name)
     value = _literal(sync_name)
     conn.exec_driver_sql(
-        f"CREATE TABLE {name} (sync_name text NOT NULL, row_key text NOT NULL, fingerprint bigint NOT NULL)"
+        f"CREATE TABLE {name} (sync_name text NOT NULL, row_key text NOT NULL, fingerprint bigint NOT NULL, "
+        f"CONSTRAINT {name}_sync CHECK (sync_name = {value}))"
     )
     rows = conn.exec_driver_sql(
         f"INSERT INTO {name} (sync_name, row_key, fingerprint) SELECT {value}, k.row_key, k.fingerprint "
         f"FROM ({rows_select}) k",
         params,
     ).rowcount
-    conn.exec_driver_sql(
-        f"ALTER TABLE {name} ADD CONSTRAINT {name}_sync CHECK (sync_name = {value}), "
-        f"ADD CONSTRAINT {name}_pkey PRIMARY KEY (sync_name, row_key)"
-    )
+    conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (sync_name, row_key)")
     conn.exec_driver_sql(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES IN ({value})")
     return rows

@@ -36,7 +36,7 @@ contacts = sa.Table(
     sa.Column("email_normalized", sa.Text, index=True),
     sa.Column("salesforce_id", sa.Text),
     sa.Column("salesforce_type", sa.Text),
-    sa.Column("company_id", sa.BigInteger, sa.ForeignKey("companies.id", ondelete="SET NULL"), index=True),
+    sa.Column("company_id", sa.BigInteger),  # companies.id; no foreign key (migration 0007)
     sa.Column("first_name", sa.Text),
     sa.Column("last_name", sa.Text),
     sa.Column("job_title", sa.Text),
@@ -53,6 +53,7 @@ contacts = sa.Table(
         unique=True,
         postgresql_where=sa.text("salesforce_id IS NOT NULL"),
     ),
+    sa.Index("ix_contacts_company_id", "company_id", postgresql_where=sa.text("company_id IS NOT NULL")),
 )
 
 custom_objects = sa.Table(

@@ -58,9 +58,18 @@ def _params(ctx: WriteContext) -> dict[str, object]:
     return {"sync": ctx.sync.name, "run_id": ctx.run_id, "started": ctx.run_started}
 
 
-def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, bool]:
-    """Make _writes: the accepted rows that are new or changed. Returns (accepted rows, whether _writes is a
-    view the writer must drop before it commits).
+@dataclass
+class Plan:
+    accepted: int
+    """Accepted rows (each key once)."""
+    stored: int
+    """Accepted rows whose key has a stored fingerprint (changed or unchanged)."""
+    view: bool
+    """Whether _writes is a view, which the writer drops before it commits."""
+
+
+def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> Plan:
+    """Make _writes: the accepted rows that are new or changed.
 
     Validation planned each row's action against the sync's fingerprints. If another run of this sync wrote
     since (or it was reset), the rows table is first rebuilt against the fingerprints stored now: under the
@@ -70,8 +79,9 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, bool]:
     """
     if sync_state.last_successful_run(conn, ctx.sync.name) != ctx.planned_after_run:
         ctx.rebuild_rows(conn)
-    total, writes = conn.exec_driver_sql(
-        f"SELECT count(*), count(*) FILTER (WHERE action <> 'unchanged') FROM {ctx.rows_table} WHERE problem IS NULL"
+    total, writes, stored = conn.exec_driver_sql(
+        f"""SELECT count(*), count(*) FILTER (WHERE action <> 'unchanged'), count(*) FILTER (WHERE action <> 'added')
+        FROM {ctx.rows_table} WHERE problem IS NULL"""
     ).one()
     view = writes * 2 > total
     started = f"'{ctx.run_started.isoformat()}'::timestamptz"
@@ -82,7 +92,7 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> tuple[int, bool]:
     )
     if not view:
         conn.exec_driver_sql("ANALYZE _writes")
-    return total, view
+    return Plan(accepted=total, stored=stored, view=view)
 
 
 def _drop_writes(conn: sa.Connection, view: bool) -> None:
@@ -128,9 +138,16 @@ def _save_fingerprints(conn: sa.Connection, ctx: WriteContext, counts: WriteCoun
         )
 
 
-def _plan_removed(conn: sa.Connection, ctx: WriteContext) -> int:
+def _plan_removed(conn: sa.Connection, ctx: WriteContext, plan: Plan) -> int:
     """Create _removed: keys this sync wrote before that the full query no longer returns."""
-    if not ctx.full_sync:
+    if (
+        not ctx.full_sync
+        or plan.stored
+        == conn.exec_driver_sql(
+            "SELECT count(*) FROM sync_fingerprints WHERE sync_name = %(sync)s", _params(ctx)
+        ).scalar_one()
+    ):
+        # every stored key is among the accepted rows (each matched one, and they have distinct keys)
         conn.exec_driver_sql("CREATE TEMP TABLE _removed (row_key text) ON COMMIT DROP")
         return 0
     # CREATE TABLE AS, unlike INSERT … SELECT, may run its anti-join in parallel workers
@@ -177,7 +194,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     """New emails become contacts with all their fields in one INSERT; known ones get the fields they are newer for."""
     counts = WriteCounts()
     lock_identities(conn)
-    total, view = _plan_changes(conn, ctx)
+    plan = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
     ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=False, unique_emails=True)
     if mode == "update":
@@ -215,8 +232,8 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w "
         "WHERE w.contact_id IS NOT NULL AND c.id = w.contact_id AND NOT w.skip"
     )
-    _count_actions(conn, counts, total)
-    counts.removed = _plan_removed(conn, ctx)
+    _count_actions(conn, counts, plan.accepted)
+    counts.removed = _plan_removed(conn, ctx, plan)
     _save_fingerprints(conn, ctx, counts)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
         conn.exec_driver_sql(
@@ -234,7 +251,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
                 f"UPDATE contacts c SET {', '.join(clears)} FROM _removed_contacts r WHERE c.id = r.contact_id"
             )
     _forget_removed(conn, ctx)
-    _drop_writes(conn, view)
+    _drop_writes(conn, plan.view)
     return counts
 
 
@@ -266,7 +283,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     object_type = ctx.sync.destination.object_type
     params = {**_params(ctx), "object_type": object_type}
     lock_identities(conn)
-    total, view = _plan_changes(conn, ctx)
+    plan = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
     if mode in ("update", "insert"):
         exists = "EXISTS" if mode == "update" else "NOT EXISTS"
@@ -276,7 +293,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
             params,
         )
     counts.contacts_created = _resolve_emails(conn, ctx, create=mode != "update")
-    _count_actions(conn, counts, total)
+    _count_actions(conn, counts, plan.accepted)
     # The object's fields come from its latest row among all rows of the run, changed or not.
     conn.exec_driver_sql(
         f"""INSERT INTO custom_objects (object_type, object_id, fields)
@@ -298,12 +315,12 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         ON CONFLICT (object_type, object_id, contact_id) DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
         params,
     )
-    counts.removed = _plan_removed(conn, ctx)
+    counts.removed = _plan_removed(conn, ctx, plan)
     _save_fingerprints(conn, ctx, counts)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
         _remove_objects(conn, ctx, params)
     _forget_removed(conn, ctx)
-    _drop_writes(conn, view)
+    _drop_writes(conn, plan.view)
     return counts
 
 
