@@ -61,6 +61,7 @@ class IdentityMatcher(dg.ConfigurableResource):
         outcome_column: str | None = None,
         create: bool = True,
         unique_emails: bool = False,
+        normalized_email_column: str | None = None,
     ) -> IdentityCounts:
         """Fill `contact_column` of every row in the staged `table`; one statement per rule.
 
@@ -75,7 +76,7 @@ class IdentityMatcher(dg.ConfigurableResource):
         run = conn.exec_driver_sql
         if unique_emails and not salesforce_id_column:
             return self._resolve_unique_emails(
-                conn, table, email_column, contact_column, outcome_column, create
+                conn, table, email_column, contact_column, outcome_column, create, normalized_email_column
             )
         run(f"DROP TABLE IF EXISTS {_KEYS}")
         run(
@@ -182,11 +183,20 @@ class IdentityMatcher(dg.ConfigurableResource):
         contact_column: str,
         outcome_column: str | None,
         create: bool,
+        normalized_column: str | None,
     ) -> IdentityCounts:
         """Rules 2 and 3 for plain emails, straight on a table with one row per email (no Salesforce ids):
-        no copy of the keys is needed."""
-        email_norm = _key_expressions("", email_column, None)[1]
-        s_email_norm = _key_expressions("s.", email_column, None)[1]
+        no copy of the keys is needed. `normalized_column`, if the table has one, holds each email normalized
+        as the contacts' email_normalized is (not computed again per row)."""
+
+        def norm(prefix: str) -> str:
+            return (
+                f"{prefix}{normalized_column}"
+                if normalized_column
+                else _key_expressions(prefix, email_column, None)[1]
+            )
+
+        email_norm, s_email_norm = norm(""), norm("s.")
 
         def outcome(name: str) -> str:
             return f", {outcome_column} = '{name}'" if outcome_column else ""
@@ -194,10 +204,10 @@ class IdentityMatcher(dg.ConfigurableResource):
         counts = IdentityCounts()
         counts.matched_by_email = conn.exec_driver_sql(
             f"""UPDATE {table} s SET {contact_column} = m.id{outcome("matched_by_email")}
-            FROM (
-                SELECT DISTINCT ON (email_normalized COLLATE "C") id, email_normalized FROM contacts
-                WHERE email_normalized IN (SELECT {email_norm} FROM {table})
-                ORDER BY email_normalized COLLATE "C", updated_at DESC, id DESC
+            FROM (  -- a join, not IN (…): the emails are unique already
+                SELECT DISTINCT ON (c.email_normalized COLLATE "C") c.id, c.email_normalized
+                FROM contacts c JOIN {table} t ON c.email_normalized = {norm("t.")}
+                ORDER BY c.email_normalized COLLATE "C", c.updated_at DESC, c.id DESC
             ) m
             WHERE m.email_normalized = {s_email_norm}"""
         ).rowcount

@@ -196,7 +196,14 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     lock_identities(conn)
     plan = _plan_changes(conn, ctx)
     mode = ctx.sync.mode
-    ctx.matcher.resolve_table(conn, "_writes", email_column="email", create=False, unique_emails=True)
+    ctx.matcher.resolve_table(
+        conn,
+        "_writes",
+        email_column="email",
+        create=False,
+        unique_emails=True,
+        normalized_email_column="email_norm",
+    )
     if mode == "update":
         conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
     elif mode == "insert":
@@ -265,7 +272,12 @@ def _resolve_emails(conn: sa.Connection, ctx: WriteContext, create: bool) -> int
     )
     conn.exec_driver_sql("ANALYZE _related")
     identity = ctx.matcher.resolve_table(
-        conn, "_related", email_column="email", create=create, unique_emails=True
+        conn,
+        "_related",
+        email_column="email",
+        create=create,
+        unique_emails=True,
+        normalized_email_column="email_norm",
     )
     return identity.created
 
@@ -305,16 +317,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         SET fields = custom_objects.fields || EXCLUDED.fields, updated_at = now()""",
         params,
     )
-    conn.exec_driver_sql(
-        """INSERT INTO object_relationships (object_type, object_id, contact_id, fields)
-        SELECT DISTINCT ON (w.object_id COLLATE "C", r.contact_id) %(object_type)s, w.object_id, r.contact_id,
-               coalesce(w.rel_fields, '{}')
-        FROM _writes w JOIN _related r ON r.email_norm = w.email_norm
-        WHERE NOT w.skip AND r.contact_id IS NOT NULL
-        ORDER BY w.object_id COLLATE "C", r.contact_id, w.updated_at DESC NULLS LAST, w.row_number DESC
-        ON CONFLICT (object_type, object_id, contact_id) DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
-        params,
-    )
+    _write_relationships(conn, params)
     counts.removed = _plan_removed(conn, ctx, plan)
     _save_fingerprints(conn, ctx, counts)
     if counts.removed and ctx.sync.delete_behavior != "do_nothing":
@@ -322,6 +325,35 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     _forget_removed(conn, ctx)
     _drop_writes(conn, plan.view)
     return counts
+
+
+def _write_relationships(conn: sa.Connection, params: dict[str, object]) -> None:
+    """One relationship per (object, contact), with the fields of its latest row. Known pairs are updated and
+    new ones inserted with a plain INSERT (under the identity lock no other writer adds pairs meanwhile):
+    ON CONFLICT's speculative insertion made a first load's inserts 1.7 times as slow."""
+    conn.exec_driver_sql(
+        """CREATE TEMP TABLE _pairs ON COMMIT DROP AS
+        SELECT DISTINCT ON (w.object_id COLLATE "C", r.contact_id) w.object_id, r.contact_id,
+               coalesce(w.rel_fields, '{}') AS fields
+        FROM _writes w JOIN _related r ON r.email_norm = w.email_norm
+        WHERE NOT w.skip AND r.contact_id IS NOT NULL
+        ORDER BY w.object_id COLLATE "C", r.contact_id, w.updated_at DESC NULLS LAST, w.row_number DESC;
+        ANALYZE _pairs"""
+    )
+    conn.exec_driver_sql(
+        """UPDATE object_relationships o SET fields = p.fields, updated_at = now() FROM _pairs p
+        WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id AND o.contact_id = p.contact_id""",
+        params,
+    )
+    conn.exec_driver_sql(
+        """INSERT INTO object_relationships (object_type, object_id, contact_id, fields)
+        SELECT %(object_type)s, p.object_id, p.contact_id, p.fields FROM _pairs p
+        WHERE NOT EXISTS (SELECT 1 FROM object_relationships o
+                          WHERE o.object_type = %(object_type)s AND o.object_id = p.object_id
+                            AND o.contact_id = p.contact_id)
+        ORDER BY p.object_id COLLATE "C", p.contact_id  -- the primary key's order: filled page by page""",
+        params,
+    )
 
 
 def _remove_objects(conn: sa.Connection, ctx: WriteContext, params: dict[str, object]) -> None:
