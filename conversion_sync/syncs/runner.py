@@ -319,6 +319,7 @@ class SyncRunner:
                 validation = validator.run(conn, record.counts.get("queried", 0))
                 rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
                 ctx = self._write_context(record, table, validator, validation.planned_after_run)
+                ctx.dry_run = True
                 diff = row_diff(conn, ctx, self.destination.kind, limit)
                 counts = WRITERS[self.destination.kind](conn, ctx)
                 transaction.rollback()

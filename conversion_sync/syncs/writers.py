@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,6 +53,8 @@ class WriteContext:
     """The sync's last successful run when validation planned the rows' actions."""
     rebuild_rows: Callable[[sa.Connection], None] = lambda conn: None
     """Plans the rows again against the fingerprints stored now (Validator.rebuild)."""
+    dry_run: bool = False
+    """A preview: the transaction is rolled back, so nothing may be committed on the side."""
 
 
 def _params(ctx: WriteContext) -> dict[str, object]:
@@ -66,6 +69,8 @@ class Plan:
     """Accepted rows whose key has a stored fingerprint (changed or unchanged)."""
     view: bool
     """Whether _writes is a view, which the writer drops before it commits."""
+    rebuilt: bool
+    """Whether the rows table was planned again in this transaction (other sessions cannot read it)."""
 
 
 def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> Plan:
@@ -77,7 +82,8 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> Plan:
     (a first run) _writes is a view of the rows table, so a million rows are not copied once more; when few
     are, a small copy spares each writing statement a scan of all the rows.
     """
-    if sync_state.last_successful_run(conn, ctx.sync.name) != ctx.planned_after_run:
+    rebuilt = sync_state.last_successful_run(conn, ctx.sync.name) != ctx.planned_after_run
+    if rebuilt:
         ctx.rebuild_rows(conn)
     total, writes, stored = conn.exec_driver_sql(
         f"""SELECT count(*), count(*) FILTER (WHERE action <> 'unchanged'), count(*) FILTER (WHERE action <> 'added')
@@ -92,7 +98,7 @@ def _plan_changes(conn: sa.Connection, ctx: WriteContext) -> Plan:
     )
     if not view:
         conn.exec_driver_sql("ANALYZE _writes")
-    return Plan(accepted=total, stored=stored, view=view)
+    return Plan(accepted=total, stored=stored, view=view, rebuilt=rebuilt)
 
 
 def _drop_writes(conn: sa.Connection, view: bool) -> None:
@@ -111,10 +117,49 @@ def _count_actions(conn: sa.Connection, counts: WriteCounts, total: int) -> None
     counts.unchanged = total - row[3]
 
 
-def _save_fingerprints(conn: sa.Connection, ctx: WriteContext, counts: WriteCounts) -> None:
+CONCURRENT_BUILD_ROWS = 100_000
+"""A sync's first fingerprints from this many new rows on are built on a second connection (PartitionBuild)."""
+
+
+@contextmanager
+def _fingerprint_build(
+    conn: sa.Connection, ctx: WriteContext, plan: Plan
+) -> Iterator[fingerprints.PartitionBuild | None]:
+    """For a sync's first large load, build its fingerprint partition on a second core while this transaction
+    writes the store (discarded if the writer fails). Only in mode upsert (every new row is written, so the new
+    keys are known before the writes) and from the committed rows table (not one rebuilt in this transaction);
+    never in a dry run, whose work must not outlive it. Yields None when the partition is written inline."""
+    build = None
+    if not (
+        ctx.dry_run
+        or plan.rebuilt
+        or ctx.sync.mode != "upsert"
+        or plan.accepted - plan.stored < CONCURRENT_BUILD_ROWS
+        or fingerprints.has_partition(conn, ctx.sync.name)
+    ):
+        build = fingerprints.PartitionBuild(
+            conn.engine,
+            ctx.sync.name,
+            f"SELECT row_key, fingerprint FROM {ctx.rows_table} WHERE problem IS NULL AND action = 'added'",
+            _params(ctx),
+        )
+    try:
+        yield build
+    except BaseException:
+        if build is not None:
+            build.discard()
+        raise
+
+
+def _save_fingerprints(
+    conn: sa.Connection, ctx: WriteContext, counts: WriteCounts, build: fingerprints.PartitionBuild | None
+) -> None:
     """New keys are inserted, changed ones updated. Under the identity lock no other run of this sync can
     have written a key since _plan_changes, so a plain INSERT (much cheaper than ON CONFLICT) is safe.
-    A sync's first fingerprints become its partition, loaded in bulk."""
+    A sync's first fingerprints become its partition, loaded in bulk (or built meanwhile by `build`)."""
+    if build is not None:
+        build.attach(conn)
+        return
     added = "SELECT row_key, fingerprint FROM _writes WHERE NOT skip AND action = 'added'"
     if not fingerprints.has_partition(conn, ctx.sync.name):
         if counts.added:
@@ -195,71 +240,72 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     counts = WriteCounts()
     lock_identities(conn)
     plan = _plan_changes(conn, ctx)
-    mode = ctx.sync.mode
-    ctx.matcher.resolve_table(
-        conn,
-        "_writes",
-        email_column="email",
-        create=False,
-        unique_emails=True,
-        normalized_email_column="email_norm",
-    )
-    if mode == "update":
-        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
-    elif mode == "insert":
-        conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NOT NULL")
-    std = [f for f in STANDARD_CONTACT_FIELDS if f in ctx.written_fields]
-    custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
-    col = {f: f"w.{c}" for f, c in ctx.field_columns.items()}
-    custom_json = json_object_sql([(f, col[f]) for f in custom])
-    # Rule 3 of identity matching, with the row's fields: one contact per new email (rows are unique by email).
-    counts.contacts_created = conn.exec_driver_sql(
-        f"""INSERT INTO contacts (email, email_normalized, {", ".join([*std, "custom_fields", "field_updated_at"])})
-        SELECT w.email, w.email_norm, {", ".join([*(f"{col[f]}::text" for f in std), custom_json, _same_stamp(ctx.written_fields)])}
-        FROM _writes w WHERE w.contact_id IS NULL AND NOT w.skip"""
-    ).rowcount
-    sets = [f"{f} = CASE WHEN {_newer(f)} THEN {col[f]}::text ELSE c.{f} END" for f in std]
-    # "Not newer" implies the field was written before with its timestamp, so the ELSE values exist.
-    if custom:
-        merged = json_object_sql(
+    with _fingerprint_build(conn, ctx, plan) as build:
+        mode = ctx.sync.mode
+        ctx.matcher.resolve_table(
+            conn,
+            "_writes",
+            email_column="email",
+            create=False,
+            unique_emails=True,
+            normalized_email_column="email_norm",
+        )
+        if mode == "update":
+            conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
+        elif mode == "insert":
+            conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NOT NULL")
+        std = [f for f in STANDARD_CONTACT_FIELDS if f in ctx.written_fields]
+        custom = [f for f in ctx.written_fields if f not in STANDARD_CONTACT_FIELDS]
+        col = {f: f"w.{c}" for f, c in ctx.field_columns.items()}
+        custom_json = json_object_sql([(f, col[f]) for f in custom])
+        # Rule 3 of identity matching, with the row's fields: one contact per new email (rows are unique by email).
+        counts.contacts_created = conn.exec_driver_sql(
+            f"""INSERT INTO contacts (email, email_normalized, {", ".join([*std, "custom_fields", "field_updated_at"])})
+            SELECT w.email, w.email_norm, {", ".join([*(f"{col[f]}::text" for f in std), custom_json, _same_stamp(ctx.written_fields)])}
+            FROM _writes w WHERE w.contact_id IS NULL AND NOT w.skip"""
+        ).rowcount
+        sets = [f"{f} = CASE WHEN {_newer(f)} THEN {col[f]}::text ELSE c.{f} END" for f in std]
+        # "Not newer" implies the field was written before with its timestamp, so the ELSE values exist.
+        if custom:
+            merged = json_object_sql(
+                [
+                    (f, f"CASE WHEN {_newer(f)} THEN to_jsonb({col[f]}) ELSE c.custom_fields -> '{f}' END")
+                    for f in custom
+                ]
+            )
+            sets.append(f"custom_fields = c.custom_fields || {merged}")
+        stamps = json_object_sql(
             [
-                (f, f"CASE WHEN {_newer(f)} THEN to_jsonb({col[f]}) ELSE c.custom_fields -> '{f}' END")
-                for f in custom
+                (f, f"CASE WHEN {_newer(f)} THEN w.ts_json ELSE c.field_updated_at -> '{f}' END")
+                for f in ctx.written_fields
             ]
         )
-        sets.append(f"custom_fields = c.custom_fields || {merged}")
-    stamps = json_object_sql(
-        [
-            (f, f"CASE WHEN {_newer(f)} THEN w.ts_json ELSE c.field_updated_at -> '{f}' END")
-            for f in ctx.written_fields
-        ]
-    )
-    sets += [f"field_updated_at = c.field_updated_at || {stamps}", "updated_at = now()"]
-    conn.exec_driver_sql(
-        f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w "
-        "WHERE w.contact_id IS NOT NULL AND c.id = w.contact_id AND NOT w.skip"
-    )
-    _count_actions(conn, counts, plan.accepted)
-    counts.removed = _plan_removed(conn, ctx, plan)
-    _save_fingerprints(conn, ctx, counts)
-    if counts.removed and ctx.sync.delete_behavior != "do_nothing":
+        sets += [f"field_updated_at = c.field_updated_at || {stamps}", "updated_at = now()"]
         conn.exec_driver_sql(
-            "CREATE TEMP TABLE _removed_contacts (email text, contact_id bigint) ON COMMIT DROP;"
-            "INSERT INTO _removed_contacts (email) SELECT row_key FROM _removed"
+            f"UPDATE contacts c SET {', '.join(sets)} FROM _writes w "
+            "WHERE w.contact_id IS NOT NULL AND c.id = w.contact_id AND NOT w.skip"
         )
-        ctx.matcher.resolve_table(conn, "_removed_contacts", email_column="email", create=False)
-        if ctx.sync.delete_behavior == "delete":
-            delete_contacts(conn, "SELECT contact_id FROM _removed_contacts WHERE contact_id IS NOT NULL")
-        else:
-            clears = [f"{f} = NULL" for f in std]
-            array = "ARRAY[" + ", ".join(f"'{f}'" for f in custom) + "]::text[]"
-            clears += [f"custom_fields = c.custom_fields - {array}", "updated_at = now()"]
+        _count_actions(conn, counts, plan.accepted)
+        counts.removed = _plan_removed(conn, ctx, plan)
+        _save_fingerprints(conn, ctx, counts, build)
+        if counts.removed and ctx.sync.delete_behavior != "do_nothing":
             conn.exec_driver_sql(
-                f"UPDATE contacts c SET {', '.join(clears)} FROM _removed_contacts r WHERE c.id = r.contact_id"
+                "CREATE TEMP TABLE _removed_contacts (email text, contact_id bigint) ON COMMIT DROP;"
+                "INSERT INTO _removed_contacts (email) SELECT row_key FROM _removed"
             )
-    _forget_removed(conn, ctx)
-    _drop_writes(conn, plan.view)
-    return counts
+            ctx.matcher.resolve_table(conn, "_removed_contacts", email_column="email", create=False)
+            if ctx.sync.delete_behavior == "delete":
+                delete_contacts(conn, "SELECT contact_id FROM _removed_contacts WHERE contact_id IS NOT NULL")
+            else:
+                clears = [f"{f} = NULL" for f in std]
+                array = "ARRAY[" + ", ".join(f"'{f}'" for f in custom) + "]::text[]"
+                clears += [f"custom_fields = c.custom_fields - {array}", "updated_at = now()"]
+                conn.exec_driver_sql(
+                    f"UPDATE contacts c SET {', '.join(clears)} FROM _removed_contacts r WHERE c.id = r.contact_id"
+                )
+        _forget_removed(conn, ctx)
+        _drop_writes(conn, plan.view)
+        return counts
 
 
 def _resolve_emails(conn: sa.Connection, ctx: WriteContext, create: bool) -> int:
@@ -296,25 +342,26 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     params = {**_params(ctx), "object_type": object_type}
     lock_identities(conn)
     plan = _plan_changes(conn, ctx)
-    mode = ctx.sync.mode
-    if mode in ("update", "insert"):
-        exists = "EXISTS" if mode == "update" else "NOT EXISTS"
-        conn.exec_driver_sql(
-            f"""UPDATE _writes w SET skip = true WHERE NOT {exists} (
-                SELECT 1 FROM custom_objects o WHERE o.object_type = %(object_type)s AND o.object_id = w.object_id)""",
-            params,
-        )
-    counts.contacts_created = _resolve_emails(conn, ctx, create=mode != "update")
-    _count_actions(conn, counts, plan.accepted)
-    _write_objects(conn, ctx, params)
-    _write_relationships(conn, params)
-    counts.removed = _plan_removed(conn, ctx, plan)
-    _save_fingerprints(conn, ctx, counts)
-    if counts.removed and ctx.sync.delete_behavior != "do_nothing":
-        _remove_objects(conn, ctx, params)
-    _forget_removed(conn, ctx)
-    _drop_writes(conn, plan.view)
-    return counts
+    with _fingerprint_build(conn, ctx, plan) as build:
+        mode = ctx.sync.mode
+        if mode in ("update", "insert"):
+            exists = "EXISTS" if mode == "update" else "NOT EXISTS"
+            conn.exec_driver_sql(
+                f"""UPDATE _writes w SET skip = true WHERE NOT {exists} (
+                    SELECT 1 FROM custom_objects o WHERE o.object_type = %(object_type)s AND o.object_id = w.object_id)""",
+                params,
+            )
+        counts.contacts_created = _resolve_emails(conn, ctx, create=mode != "update")
+        _count_actions(conn, counts, plan.accepted)
+        _write_objects(conn, ctx, params)
+        _write_relationships(conn, params)
+        counts.removed = _plan_removed(conn, ctx, plan)
+        _save_fingerprints(conn, ctx, counts, build)
+        if counts.removed and ctx.sync.delete_behavior != "do_nothing":
+            _remove_objects(conn, ctx, params)
+        _forget_removed(conn, ctx)
+        _drop_writes(conn, plan.view)
+        return counts
 
 
 def _write_objects(conn: sa.Connection, ctx: WriteContext, params: dict[str, object]) -> None:

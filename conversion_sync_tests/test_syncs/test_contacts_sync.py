@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conversion_sync.store import fingerprints
 from conversion_sync.store.connection import store_engine
 from conversion_sync.store.sync_state import reset_sync
+from conversion_sync.syncs import writers
 from conversion_sync.syncs.template import EPOCH
 
 from .conftest import SyncWorld
@@ -218,3 +220,46 @@ def test_a_run_whose_plan_went_stale_plans_again_before_writing(world: SyncWorld
     assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 205
     if destination == "contacts":
         assert world.scalar("SELECT count(*) FROM contacts") == 205
+
+
+def test_a_first_large_load_builds_its_fingerprints_beside_the_write(
+    world: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From CONCURRENT_BUILD_ROWS new rows on, the sync's fingerprint partition is built on a second connection
+    and attached by the write; a write that fails discards it, and a table left over is replaced."""
+    monkeypatch.setattr(writers, "CONCURRENT_BUILD_ROWS", 100)
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT * FROM people")
+    built = []
+    monkeypatch.setattr(
+        fingerprints.PartitionBuild, "attach", _recording(fingerprints.PartitionBuild.attach, built)
+    )
+
+    def fail_after_build(*args: object) -> None:
+        raise RuntimeError("the write fails after the build started")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(writers, "_count_actions", fail_after_build)
+        with pytest.raises(RuntimeError):
+            world.run("people")
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints") == 0
+    assert world.scalar("SELECT count(*) FROM contacts") == 0
+    name = fingerprints.partition_name("people")
+    assert world.scalar("SELECT to_regclass(%(n)s)", {"n": name}) is None, (
+        "the failed write discarded the build"
+    )
+
+    with store_engine(world.store_url).begin() as conn:  # as a killed run leaves it
+        conn.exec_driver_sql(f"CREATE TABLE {name} (sync_name text, row_key text, fingerprint bigint)")
+    outcome = world.run("people")
+    assert outcome.counts["added"] == 200 and len(built) == 1
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 200
+    assert world.run("people").counts["unchanged"] == 200  # the fingerprints match what the write stored
+
+
+def _recording(method, calls: list):  # type: ignore[no-untyped-def]
+    def wrapper(self, conn):  # type: ignore[no-untyped-def]
+        calls.append(self.sync_name)
+        return method(self, conn)
+
+    return wrapper
