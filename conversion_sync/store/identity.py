@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -38,6 +38,14 @@ def _key_expressions(prefix: str, email_column: str, salesforce_id_column: str |
     """SQL for the normalised Salesforce id and email of a staged row (blank counts as missing)."""
     sf_id = f"NULLIF(btrim({prefix}{salesforce_id_column}), '')" if salesforce_id_column else "NULL::text"
     return sf_id, f"NULLIF(lower(btrim({prefix}{email_column})), '')"
+
+
+def _latest_contacts(emails_table: str, normalized: str) -> str:
+    """SQL: the most recently updated contact (id, email_normalized) for each email of `emails_table` (aliased
+    t; `normalized` is its normalized email). A join, not IN (…): the table has each email once."""
+    return f"""SELECT DISTINCT ON (c.email_normalized COLLATE "C") c.id, c.email_normalized
+        FROM contacts c JOIN {emails_table} t ON c.email_normalized = {normalized}
+        ORDER BY c.email_normalized COLLATE "C", c.updated_at DESC, c.id DESC"""
 
 
 class IdentityMatcher(dg.ConfigurableResource):
@@ -196,7 +204,7 @@ class IdentityMatcher(dg.ConfigurableResource):
                 else _key_expressions(prefix, email_column, None)[1]
             )
 
-        email_norm, s_email_norm = norm(""), norm("s.")
+        s_email_norm = norm("s.")
 
         def outcome(name: str) -> str:
             return f", {outcome_column} = '{name}'" if outcome_column else ""
@@ -204,28 +212,63 @@ class IdentityMatcher(dg.ConfigurableResource):
         counts = IdentityCounts()
         counts.matched_by_email = conn.exec_driver_sql(
             f"""UPDATE {table} s SET {contact_column} = m.id{outcome("matched_by_email")}
-            FROM (  -- a join, not IN (…): the emails are unique already
-                SELECT DISTINCT ON (c.email_normalized COLLATE "C") c.id, c.email_normalized
-                FROM contacts c JOIN {table} t ON c.email_normalized = {norm("t.")}
-                ORDER BY c.email_normalized COLLATE "C", c.updated_at DESC, c.id DESC
-            ) m
+            FROM ({_latest_contacts(table, norm("t."))}) m
             WHERE m.email_normalized = {s_email_norm}"""
         ).rowcount
         if create:
-            counts.created = conn.exec_driver_sql(
-                f"""WITH created AS (
-                    INSERT INTO contacts (email, email_normalized)
-                    SELECT btrim({email_column}), {email_norm} FROM {table}
-                    WHERE {contact_column} IS NULL AND {email_norm} IS NOT NULL
-                    ORDER BY {email_norm} COLLATE "C"  -- byte order: the index on email_normalized fills page by page
-                    RETURNING id, email_normalized
-                )
-                UPDATE {table} s SET {contact_column} = created.id{outcome("created")}
-                FROM created WHERE {s_email_norm} = created.email_normalized"""
-            ).rowcount
+            counts.created = self._create_missing(
+                conn, table, email_column, norm, contact_column, outcome_column
+            )
         # every row has an email (the unique_emails promise): the rest have no contact
         rows = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
         counts.unresolved = rows - counts.matched_by_email - counts.created
+        return counts
+
+    def _create_missing(
+        self,
+        conn: sa.Connection,
+        table: str,
+        email_column: str,
+        norm: Callable[[str], str],
+        contact_column: str,
+        outcome_column: str | None,
+    ) -> int:
+        """Rule 3: a new contact for each row of `table` (one per email) left without one. `norm(prefix)` is
+        the SQL for a row's normalized email."""
+        outcome = f", {outcome_column} = 'created'" if outcome_column else ""
+        return conn.exec_driver_sql(
+            f"""WITH created AS (
+                INSERT INTO contacts (email, email_normalized)
+                SELECT btrim({email_column}), {norm("")} FROM {table}
+                WHERE {contact_column} IS NULL AND {norm("")} IS NOT NULL
+                ORDER BY {norm("")} COLLATE "C"  -- byte order: the index on email_normalized fills page by page
+                RETURNING id, email_normalized
+            )
+            UPDATE {table} s SET {contact_column} = created.id{outcome}
+            FROM created WHERE {norm("s.")} = created.email_normalized"""
+        ).rowcount
+
+    def create_email_table(
+        self, conn: sa.Connection, table: str, emails_select: str, *, create: bool = True
+    ) -> IdentityCounts:
+        """Create the temporary table `table` (email, email_norm, contact_id) from `emails_select`, which yields
+        (email, email_norm) once per normalized email, with no Salesforce ids: rule 2 is applied while the table
+        is built (not by updating it afterwards, a second pass over every row), then rule 3 if `create`."""
+        lock_identities(conn)
+        conn.exec_driver_sql(
+            f"""CREATE TEMP TABLE {table} ON COMMIT DROP AS
+            WITH e AS MATERIALIZED ({emails_select})
+            SELECT e.email, e.email_norm, m.id AS contact_id
+            FROM e LEFT JOIN ({_latest_contacts("e", "t.email_norm")}) m ON m.email_normalized = e.email_norm;
+            ANALYZE {table}"""
+        )
+        rows, matched = conn.exec_driver_sql(f"SELECT count(*), count(contact_id) FROM {table}").one()
+        counts = IdentityCounts(matched_by_email=matched)
+        if create:
+            counts.created = self._create_missing(
+                conn, table, "email", lambda prefix: f"{prefix}email_norm", "contact_id", None
+            )
+        counts.unresolved = rows - matched - counts.created
         return counts
 
     def resolve(

@@ -311,19 +311,12 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
 def _resolve_emails(conn: sa.Connection, ctx: WriteContext, create: bool) -> int:
     """Resolve each distinct email of the rows to write into `_related` (email_norm → contact_id), once per
     email rather than once per row; writers join it. Returns the contacts created."""
-    conn.exec_driver_sql(
-        """CREATE TEMP TABLE _related ON COMMIT DROP AS
-        SELECT DISTINCT ON (email_norm COLLATE "C") email, email_norm, NULL::bigint AS contact_id
-        FROM _writes WHERE NOT skip AND email_norm IS NOT NULL ORDER BY email_norm COLLATE "C", email"""
-    )
-    conn.exec_driver_sql("ANALYZE _related")
-    identity = ctx.matcher.resolve_table(
+    identity = ctx.matcher.create_email_table(
         conn,
         "_related",
-        email_column="email",
+        """SELECT DISTINCT ON (email_norm COLLATE "C") email, email_norm FROM _writes
+        WHERE NOT skip AND email_norm IS NOT NULL ORDER BY email_norm COLLATE "C", email""",
         create=create,
-        unique_emails=True,
-        normalized_email_column="email_norm",
     )
     return identity.created
 
