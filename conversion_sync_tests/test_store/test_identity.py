@@ -168,3 +168,29 @@ def test_two_processes_racing_on_the_same_new_emails_create_each_contact_once(st
     (ids_a, created_a), (ids_b, created_b) = results
     assert ids_a == ids_b
     assert created_a + created_b == 1000
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_table_of_distinct_emails_is_matched_as_it_is_created(engine: sa.Engine, create: bool) -> None:
+    """create_email_table (the writers' path for events and objects): rule 2 picks the most recently updated
+    contact with the email, linked or not; rule 3 creates the rest only when asked."""
+    with engine.begin() as conn:
+        insert_contact(conn, "shared@x.com", "003A", updated="2026-01-01")
+        recent = insert_contact(conn, "shared@x.com", "003B", updated="2026-06-01")
+        single = insert_contact(conn, "single@x.com")
+        counts = IdentityMatcher().create_email_table(
+            conn,
+            "_emails",
+            "SELECT * FROM (VALUES ('Shared@x.com', 'shared@x.com'), ('single@x.com', 'single@x.com'), "
+            "('new@x.com', 'new@x.com')) v(email, email_norm)",
+            create=create,
+        )
+        rows = dict(conn.exec_driver_sql("SELECT email_norm, contact_id FROM _emails").all())
+        created = (
+            conn.exec_driver_sql("SELECT id FROM contacts WHERE email_normalized = 'new@x.com'")
+            .scalars()
+            .all()
+        )
+    assert rows["shared@x.com"] == recent and rows["single@x.com"] == single
+    assert (counts.matched_by_email, counts.created, counts.unresolved) == (2, int(create), int(not create))
+    assert rows["new@x.com"] == (created[0] if create else None) and len(created) == int(create)
