@@ -76,7 +76,7 @@ class IdentityMatcher(dg.ConfigurableResource):
         Must run inside a transaction; holds the identity lock until it commits, so concurrent
         resolutions of the same new emails create each contact once. `unique_emails` promises that
         the table has no Salesforce ids, an email in every row and no two rows with one email: the rules then
-        run on the table itself (or an updatable view).
+        run on the table itself (or an updatable view), reading `normalized_email_column` if it has one.
         """
         lock_identities(conn)
         sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
