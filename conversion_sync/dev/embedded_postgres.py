@@ -64,6 +64,7 @@ def start_embedded_postgres(data_dir: Path | None = None) -> str:
 
 
 RECOVERY_TIMEOUT_S = 900
+START_GRACE_S = 15
 
 
 def _get_server(pgserver: Any, pgdata: Path) -> Any:
@@ -83,15 +84,25 @@ def _get_server(pgserver: Any, pgdata: Path) -> Any:
             )
             # pgserver caches the handle before starting; this one never saw the server ready
             pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+        except AssertionError:  # pgserver read postmaster.pid while the starting server rewrote it
+            if time.monotonic() > deadline:
+                raise
+            pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+            time.sleep(0.5)
+            continue
+        # Wait until the postmaster pg_ctl launched is ready. Its postmaster.pid may not be written yet (or
+        # still be the killed server's), so only after a grace period without a running postmaster is the
+        # start taken as failed and asked again.
+        grace = time.monotonic() + START_GRACE_S
         while time.monotonic() < deadline:
             try:
                 info = PostmasterInfo.read_from_pgdata(pgdata)
-            except AssertionError:  # postmaster.pid is still being written
+            except AssertionError:  # postmaster.pid is being written
                 info = None
-            else:
-                if info is None or not info.is_running() or info.status == "ready":
-                    break  # ready, or not started at all: ask pgserver again
-            time.sleep(1)
+            running = info is not None and info.is_running()
+            if (running and info.status == "ready") or (not running and time.monotonic() > grace):
+                break
+            time.sleep(0.5)
 
 
 def embedded_url(database: str, data_dir: Path | None = None) -> str:
