@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +24,11 @@ BAD_TEXT = "_bad_text_column"
 FINGERPRINT = "_fingerprint"
 """Staged per row: the JSON array of the row's fingerprinted columns as text (nulls stay null), hashed: the
 first 15 hex digits of its md5 as a bigint (60 bits: a changed row keeps its fingerprint once in 10^18)."""
+EMAIL_KEY = "_email_key"
+"""Staged per row: the e-mail's key, trimmed of spaces and lower-cased, where DuckDB computes it exactly as the
+store's `NULLIF(lower(btrim(email)), '')` would (ASCII text, in a store whose lower() maps ASCII plainly); else
+NULL, and validation computes it in the store. lower() in a UTF-8 store is a per-character library call."""
+_ASCII = "".join(chr(i) for i in range(1, 128))
 
 
 _RUN_PART = 12
@@ -74,46 +79,75 @@ class BatchTextifier:
     Nested values (structs, lists, maps) become JSON text; timestamps are rendered in UTC; text with a
     NUL byte is flagged per row (the row is rejected later) and the NUL removed so the batch can be staged.
     Each row's fingerprint (of the columns at `fingerprint_columns`, as staged) is computed here too,
-    vectorised, instead of row by row in the store.
+    vectorised, instead of row by row in the store, and so is the key of the e-mail at `email_column`.
     """
 
-    def __init__(self, fingerprint_columns: Iterable[int] = ()) -> None:
+    def __init__(self, fingerprint_columns: Iterable[int] = (), email_column: int | None = None) -> None:
         self._db = duckdb.connect()
         self._db.execute("SET TimeZone = 'UTC'")
-        self._select: str | None = None
+        self._selects: tuple[str, str] | None = None
+        """(for batches that may hold a NUL byte, for those that cannot): most cannot, and checking each text
+        column's bytes at once costs less than looking into each value."""
+        self._text_columns: list[int] = []
         self._fingerprint_columns = list(fingerprint_columns)
+        self._email_column = email_column
 
-    def _build_select(self, batch: pa.RecordBatch) -> str:
+    def _build_selects(self, batch: pa.RecordBatch) -> tuple[str, str]:
         relation = self._db.from_arrow(batch)
-        texts, flags = [], []
+        careful, plain, flags = [], [], []
         for i, (name, dtype) in enumerate(zip(relation.columns, relation.dtypes, strict=True)):
             quoted = '"' + name.replace('"', '""') + '"'
             type_id = str(dtype).upper()
             if type_id.startswith(("STRUCT", "MAP", "UNION")) or type_id.endswith("]"):
                 expr = f"CAST(to_json({quoted}) AS VARCHAR)"
-            elif type_id in ("VARCHAR", "JSON"):
-                expr = f"CAST({quoted} AS VARCHAR)"
-                flags.append(f"WHEN contains({expr}, chr(0)) THEN {_sql_literal(name)}")
-                expr = f"replace({expr}, chr(0), '')"
             elif type_id == "BLOB":
                 expr = f"hex({quoted})"
             else:
                 expr = f"CAST({quoted} AS VARCHAR)"
-            texts.append(f"{expr} AS c{i}")
+            without_nul = expr
+            if type_id in ("VARCHAR", "JSON"):
+                self._text_columns.append(i)
+                flags.append(f"WHEN contains({expr}, chr(0)) THEN {_sql_literal(name)}")
+                without_nul = f"replace({expr}, chr(0), '')"
+            careful.append(f"{without_nul} AS c{i}")
+            plain.append(f"{expr} AS c{i}")
         flag = f"CASE {' '.join(flags)} END" if flags else "CAST(NULL AS VARCHAR)"
-        texted = f"SELECT {', '.join(texts)}, {flag} AS {BAD_TEXT} FROM batch"
         listed = ", ".join(f"c{i}" for i in self._fingerprint_columns)
         fingerprint = (
             f"CAST('0x' || left(md5(CAST(to_json(CAST([{listed}] AS VARCHAR[])) AS VARCHAR)), 15) AS BIGINT)"
         )
-        return f"SELECT *, {fingerprint} AS {FINGERPRINT} FROM ({texted})"
+        email = f"c{self._email_column}"
+        # ASCII only (as many bytes as characters): there DuckDB's lower() and trim agree with the store's
+        key = (
+            f"CASE WHEN strlen({email}) = length({email}) THEN NULLIF(lower(trim({email}, ' ')), '') END"
+            if self._email_column is not None
+            else "CAST(NULL AS VARCHAR)"
+        )
+
+        def select(texts: list[str], bad_text: str) -> str:
+            texted = f"SELECT {', '.join(texts)}, {bad_text} AS {BAD_TEXT} FROM batch"
+            return f"SELECT *, {fingerprint} AS {FINGERPRINT}, {key} AS {EMAIL_KEY} FROM ({texted})"
+
+        return select(careful, flag), select(plain, "CAST(NULL AS VARCHAR)")
+
+    def _may_hold_nul(self, batch: pa.RecordBatch) -> bool:
+        """Whether a text column's data holds a zero byte (or is of a layout not checked here)."""
+        for i in self._text_columns:
+            array = batch.column(i)
+            if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+                return True
+            data = array.buffers()[2]
+            if data is not None and data.size and not np.frombuffer(data, np.uint8).all():
+                return True
+        return False
 
     def to_text(self, batch: pa.RecordBatch) -> pa.Table:
-        if self._select is None:
-            self._select = self._build_select(batch)
+        if self._selects is None:
+            self._selects = self._build_selects(batch)
+        careful, plain = self._selects
         self._db.register("batch", batch)
         try:
-            return self._db.sql(self._select).to_arrow_table()
+            return self._db.sql(careful if self._may_hold_nul(batch) else plain).to_arrow_table()
         finally:
             self._db.unregister("batch")
 
@@ -133,7 +167,17 @@ def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns
     separator = ", " if cols else ""
     conn.exec_driver_sql(
         f"CREATE UNLOGGED TABLE {qualified(table)} "
-        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} bigint)"
+        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} bigint, {EMAIL_KEY} text)"
+    )
+
+
+def store_lowers_ascii_plainly(conn: sa.Connection) -> bool:
+    """Whether the store's lower() maps ASCII as DuckDB's does (A–Z to a–z, nothing else): not in a Turkish
+    locale, where it maps I to ı. Only then may staging compute e-mail keys (EMAIL_KEY)."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT lower(%(ascii)s::text) = %(lowered)s::text", {"ascii": _ASCII, "lowered": _ASCII.lower()}
+        ).scalar_one()
     )
 
 
@@ -173,22 +217,40 @@ def adbc_connection(store_url: str) -> Iterator[object]:
         conn.close()
 
 
+COPY_CONNECTIONS = 2
+"""Staging COPYs in flight at once, each on its own connection: while the client encodes one batch, the
+store parses another (one COPY leaves each side idle half the time)."""
+
+
+@contextmanager
+def adbc_connections(store_url: str, count: int = COPY_CONNECTIONS) -> Iterator[list[object]]:
+    """`count` ADBC connections to the store (see StagingWriter)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(adbc_connection(store_url)) for _ in range(count)]
+
+
 class StagingWriter:
     """Appends text-converted batches to a staging table, numbering rows in arrival order.
 
-    Each batch's COPY runs on a worker thread while the next batch is read and converted, so the
-    warehouse read, the conversion and the store's COPY overlap (one batch in flight at most).
+    Each batch's COPY runs on a worker thread of its connection while the next batches are read and
+    converted, so the warehouse read, the conversion and the store's COPYs overlap (one batch in flight per
+    connection at most). Rows carry their numbers, so batches may land in any order.
     """
 
     def __init__(
-        self, adbc_conn: object, table: str, columns: StagedColumns, fingerprint_columns: Iterable[int] = ()
+        self,
+        adbc_conns: Sequence[object],
+        table: str,
+        columns: StagedColumns,
+        fingerprint_columns: Iterable[int] = (),
+        email_column: int | None = None,
     ) -> None:
-        self._conn = adbc_conn
+        self._conns = list(adbc_conns)
         self._table = table
         self._columns = columns
-        self._textifier = BatchTextifier(fingerprint_columns)
-        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-copy")
-        self._in_flight: Future[None] | None = None
+        self._textifier = BatchTextifier(fingerprint_columns, email_column)
+        self._copier = ThreadPoolExecutor(max_workers=len(self._conns), thread_name_prefix="staging-copy")
+        self._in_flight: list[Future[None] | None] = [None] * len(self._conns)
         self.rows = 0
         self.batches = 0
 
@@ -198,31 +260,34 @@ class StagingWriter:
         text = self._textifier.to_text(batch)
         numbers = pa.array(np.arange(self.rows + 1, self.rows + 1 + batch.num_rows, dtype=np.int64))
         text = text.add_column(0, ROW_NUMBER, numbers)
-        self._wait()
-        self._in_flight = self._copier.submit(self._copy, text)
+        slot = self.batches % len(self._conns)
+        self._wait(slot)
+        self._in_flight[slot] = self._copier.submit(self._copy, self._conns[slot], text)
         self.rows += batch.num_rows
         self.batches += 1
 
-    def _copy(self, text: pa.Table) -> None:
-        with self._conn.cursor() as cursor:  # type: ignore[attr-defined]
+    def _copy(self, conn: object, text: pa.Table) -> None:
+        with conn.cursor() as cursor:  # type: ignore[attr-defined]
             cursor.adbc_ingest(self._table, text, mode="append", db_schema_name=STAGING_SCHEMA)
-        self._conn.commit()  # type: ignore[attr-defined]
+        conn.commit()  # type: ignore[attr-defined]
 
-    def _wait(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
+    def _wait(self, slot: int) -> None:
+        in_flight, self._in_flight[slot] = self._in_flight[slot], None
         if in_flight is not None:
             in_flight.result()
 
     def finish(self) -> None:
-        """Wait for the last COPY; raises its error. Every appended row is in the table afterwards."""
-        self._wait()
+        """Wait for the last COPYs; raises the first error. Every appended row is in the table afterwards."""
+        for slot in range(len(self._conns)):
+            self._wait(slot)
 
     def close(self) -> None:
-        """Release the worker and the converter. A COPY still in flight is waited for; its error is not
+        """Release the workers and the converter. COPYs still in flight are waited for; their errors are not
         raised here (after a failed read, that error is the one to report)."""
         try:
-            with contextlib.suppress(Exception):
-                self._wait()
+            for slot in range(len(self._conns)):
+                with contextlib.suppress(Exception):
+                    self._wait(slot)
         finally:
             self._copier.shutdown(wait=True)
             self._textifier.close()

@@ -19,12 +19,13 @@ from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.store.staging import (
     StagedColumns,
     StagingWriter,
-    adbc_connection,
+    adbc_connections,
     create_staging_table,
     drop_run_tables,
     drop_staging_tables,
     qualified,
     staging_table_name,
+    store_lowers_ascii_plainly,
 )
 from conversion_sync.syncs.destinations import UnknownObjectType, destination_fields
 from conversion_sync.syncs.template import EPOCH, format_timestamp, render_query
@@ -32,6 +33,7 @@ from conversion_sync.syncs.validation import (
     ValidationResult,
     Validator,
     WholeRunError,
+    email_column,
     fingerprinted_columns,
     map_columns,
     rows_table,
@@ -131,7 +133,7 @@ class SyncRunner:
         writer: StagingWriter | None = None
         with (
             open_warehouse(self.sync.warehouse, config) as warehouse,
-            adbc_connection(self.store.resolved_url()) as adbc,
+            adbc_connections(self.store.resolved_url()) as copy_connections,
         ):
             try:
                 for batch in warehouse.stream(sql, batch_rows):
@@ -144,8 +146,13 @@ class SyncRunner:
                             sync_state.record_columns(
                                 conn, run_id, names, [str(t) for t in batch.schema.types]
                             )
+                            keyed = store_lowers_ascii_plainly(conn)
                         writer = StagingWriter(
-                            adbc, table, columns, fingerprinted_columns(mapped, self.destination)
+                            copy_connections,
+                            table,
+                            columns,
+                            fingerprinted_columns(mapped, self.destination),
+                            email_column(mapped) if keyed else None,
                         )
                     if self.sync.max_rows is not None and writer.rows + batch.num_rows > self.sync.max_rows:
                         raise WholeRunError(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from conversion_sync.store import sync_state
-from conversion_sync.store.staging import BAD_TEXT, FINGERPRINT, ROW_NUMBER, qualified
+from conversion_sync.store.staging import BAD_TEXT, EMAIL_KEY, FINGERPRINT, ROW_NUMBER, qualified
 from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
 
 _UNIT_SEPARATOR = "chr(31)"
@@ -82,6 +82,12 @@ def fingerprinted_columns(columns: ColumnMap, destination: DestinationFields) ->
     staged = [col for field, col in columns.fields.items() if field not in special]
     staged += list(columns.properties.values())
     return sorted(int(col.removeprefix("c")) for col in staged)
+
+
+def email_column(columns: ColumnMap) -> int | None:
+    """Position of the source column mapped to the destination's email, if any (its key is staged)."""
+    staged = columns.fields.get("email")
+    return int(staged.removeprefix("c")) if staged else None
 
 
 # --- per-type rules: when a value is missing / invalid, and its typed SQL value ---------------------------
@@ -411,50 +417,58 @@ class Validator:
         """Written field → its typed column in the rows table (v0, v1, …)."""
         return {f: f"v{i}" for i, f in enumerate(self.written_fields())}
 
-    def _typed_select(self) -> str:
-        c = self.columns.staged
-        rules = {field: rule for field, _, rule in self._rules()}
-        kind = self.destination.kind
-        checked = self._checked_fields()
+    def _skips_unchanged(self) -> bool:
         # Only contacts skip rows whose raw text matches the fingerprint their key was last written with:
         # they need no checks and no typed values (a re-run of an unchanged sync costs little more than
         # reading it). A contact row is all there is to its key; an object's fields come from several rows.
-        skips_unchanged = kind == "contacts"
+        return self.destination.kind == "contacts"
 
-        def value(field: str, when_unchanged: bool = False) -> str:
-            # A cast runs only where its own field's check passed, so it cannot fail; a field whose source
-            # type guarantees validity has no check and no guard. Guards never refer to `problem`, so
-            # Postgres evaluates the checks once per row (and may spread the scan over parallel workers).
-            if field not in rules:
-                return "NULL"
-            column = self.columns.fields[field]
-            typed = rules[field].value
-            if field in checked:
-                typed = f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {typed} END"
-            if skips_unchanged and not when_unchanged:
-                return f"CASE WHEN NOT s.unchanged THEN {typed} END"
-            return typed
+    def _typed_value(self, field: str, guarded: bool = True) -> str:
+        """SQL for a field's typed value in the staged row `s` ("NULL" when the query lacks it); `guarded`, the
+        value is NULL in a contact row that is unchanged (s.unchanged).
 
+        A cast runs only where its own field's check passed, so it cannot fail; a field whose source type
+        guarantees validity has no check and no guard. Guards never refer to `problem`, so Postgres evaluates
+        the checks once per row (and may spread the scan over parallel workers).
+        """
+        rule = next((rule for f, _, rule in self._rules() if f == field), None)
+        if rule is None:
+            return "NULL"
+        column = self.columns.fields[field]
+        typed = rule.value
+        checked = self._checked_fields()
+        if field in checked:
+            typed = f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {typed} END"
+        return self._unless_unchanged(typed) if guarded else typed
+
+    def _unless_unchanged(self, sql: str) -> str:
+        return f"CASE WHEN NOT s.unchanged THEN {sql} END" if self._skips_unchanged() else sql
+
+    def _typed_select(self) -> str:
+        c = self.columns.staged
+        kind = self.destination.kind
+        skips_unchanged = self._skips_unchanged()
+        value = self._typed_value
+        mapped = self.columns.fields
         typed_fields = ", ".join(f"{value(f)} AS {col}" for f, col in self.field_columns().items())
-        # every row's updated_at, unchanged or not: it decides which of the rows sharing a key wins
-        updated_at = (
-            value("updated_at", when_unchanged=True) + "::timestamptz"
-            if "updated_at" in rules
-            else "NULL::timestamptz"
+        # (an unchanged contact row keeps only its key and fingerprint: reject_duplicates reads its updated_at)
+        updated_at = value("updated_at") + "::timestamptz" if "updated_at" in mapped else "NULL::timestamptz"
+        email = self._unless_unchanged(f"btrim({c('email')})") if c("email") else "NULL::text"
+        key = (
+            f"coalesce(s.{EMAIL_KEY}, NULLIF(lower(btrim({c('email')})), ''))" if c("email") else "NULL::text"
         )
-        email = f"btrim({c('email')})" if c("email") else "NULL::text"
-        email_norm = f"NULLIF(lower(btrim({c('email')})), '')" if c("email") else "NULL::text"
-        rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in rules else "NULL::jsonb"
+        email_norm = self._unless_unchanged(key)
+        rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in mapped else "NULL::jsonb"
         object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
         if kind == "events":
             props_pairs = [(name, f"s.{col}") for name, col in self.columns.properties.items()]
-            explicit = value("properties") + "::jsonb" if "properties" in rules else "NULL::jsonb"
+            explicit = value("properties") + "::jsonb" if "properties" in mapped else "NULL::jsonb"
             properties = f"coalesce({explicit}, '{{}}'::jsonb) || {json_object_sql(props_pairs)}"
             event_ts = value("timestamp")
             event_name = value("event_name")
             given = value("message_id")
             message_id = (
-                f"coalesce({given}, md5(concat_ws({_UNIT_SEPARATOR}, %(sync)s::text, {email_norm}, {event_name}, "
+                f"coalesce({given}, md5(concat_ws({_UNIT_SEPARATOR}, %(sync)s::text, {key}, {event_name}, "
                 f"to_char(({event_ts}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), ({properties})::text)))"
             )
             row_key = "message_id"
@@ -466,9 +480,7 @@ class Validator:
                 "NULL::text",
             )
             row_key = (
-                "email_norm"
-                if kind == "contacts"
-                else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
+                None if kind == "contacts" else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
             )
         fingerprint = f"s.{FINGERPRINT}"
         # action: the row against the fingerprint its key was last written with by this sync (added, changed,
@@ -480,7 +492,7 @@ class Validator:
                                  CASE WHEN f.fingerprint = {fingerprint} THEN NULL ELSE {self._problem_case()} END
                                      AS problem
                           FROM {self.stage} s
-                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {email_norm})"""
+                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {key})"""
             stored = "typed.stored_fingerprint"
         else:
             source = f"(SELECT *, false AS unchanged, {self._problem_case()} AS problem FROM {self.stage} s)"
@@ -493,10 +505,14 @@ class Validator:
             else f"""CASE WHEN {stored} IS NULL THEN 'added' WHEN {stored} = typed.fingerprint THEN 'unchanged'
                           ELSE 'changed' END"""
         )
+        # a contact's key is its e-mail's, kept in unchanged rows too (where email_norm is NULL)
+        inner_key, outer_key = (
+            (f", {key} AS row_key", "") if row_key is None else ("", f", {row_key} AS row_key")
+        )
         return f"""
-            SELECT typed.*, {row_key} AS row_key, NULL::bigint AS contact_id, {action} AS action, false AS skip
+            SELECT typed.*{outer_key}, NULL::bigint AS contact_id, {action} AS action, false AS skip
             FROM (
-                SELECT s.{ROW_NUMBER} AS row_number, s.problem, {email} AS email,
+                SELECT s.{ROW_NUMBER} AS row_number, s.problem{inner_key}, {email} AS email,
                        {email_norm} AS email_norm, {updated_at} AS updated_at{", " if typed_fields else ""}{typed_fields},
                        {rel} AS rel_fields, {object_id} AS object_id,
                        {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
@@ -530,13 +546,21 @@ class Validator:
             f"""CREATE TEMP TABLE _duplicated_keys ON COMMIT DROP AS
             SELECT row_key FROM {self.rows} WHERE problem IS NULL GROUP BY row_key HAVING count(*) > 1"""
         )
+        updated_at, stage = "r.updated_at", ""
+        if self._skips_unchanged() and "updated_at" in self.columns.fields:
+            # an unchanged contact row has no updated_at in the rows table: read from its staged text
+            updated_at = (
+                f"coalesce(r.updated_at, ({self._typed_value('updated_at', guarded=False)})::timestamptz)"
+            )
+            stage = f"JOIN {self.stage} s ON s.{ROW_NUMBER} = r.row_number"
         conn.exec_driver_sql(
             f"""CREATE TEMP TABLE _ranked ON COMMIT DROP AS
-            SELECT row_number AS rn, row_key, fingerprint,
-                   first_value(fingerprint) OVER w AS winner_fp, first_value(row_number) OVER w AS winner,
+            SELECT r.row_number AS rn, r.row_key, r.fingerprint,
+                   first_value(r.fingerprint) OVER w AS winner_fp, first_value(r.row_number) OVER w AS winner,
                    row_number() OVER w AS rank
-            FROM {self.rows} WHERE problem IS NULL AND row_key IN (SELECT row_key FROM _duplicated_keys)
-            WINDOW w AS (PARTITION BY row_key ORDER BY updated_at DESC NULLS LAST, row_number DESC)"""
+            FROM {self.rows} r {stage}
+            WHERE r.problem IS NULL AND r.row_key IN (SELECT row_key FROM _duplicated_keys)
+            WINDOW w AS (PARTITION BY r.row_key ORDER BY {updated_at} DESC NULLS LAST, r.row_number DESC)"""
         )
         conn.exec_driver_sql("DELETE FROM _ranked WHERE rank = 1")
         reported = 0

@@ -8,7 +8,9 @@ import pytest
 
 from conversion_sync.store import fingerprints
 from conversion_sync.store.connection import store_engine
+from conversion_sync.store.staging import qualified, store_lowers_ascii_plainly
 from conversion_sync.store.sync_state import reset_sync
+from conversion_sync.syncs import runner as runner_module
 from conversion_sync.syncs import writers
 from conversion_sync.syncs.template import EPOCH
 
@@ -263,3 +265,82 @@ def _recording(method, calls: list):  # type: ignore[no-untyped-def]
         return method(self, conn)
 
     return wrapper
+
+
+EMAILS = """
+CREATE OR REPLACE TABLE people AS SELECT * FROM (VALUES
+    ('  Ada@Example.COM ', 'ascii, trimmed of spaces'),
+    ('ÉMILE@EXAMPLE.COM', 'not ascii'),
+    ('Straße@Example.com', 'not ascii, already lower case'),
+    ('İPEK@EXAMPLE.COM', 'a capital I with a dot'),
+    ('ZOË@example.com', 'not ascii'),
+    ('bob@example.com', 'ascii, lower case')
+) t(email, first_name)
+"""
+
+
+def test_email_keys_staged_by_duckdb_are_the_stores_own(
+    world: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging computes the key of each ASCII e-mail in DuckDB (the store's lower() is a per-character call);
+    the store computes the others. Either way a key is the store's NULLIF(lower(btrim(email)), ''), and a store
+    whose lower() maps ASCII differently (a Turkish locale) gets every key from itself."""
+    world.warehouse(EMAILS)
+    world.add_sync("people", "SELECT * FROM people")
+    with store_engine(world.store_url).begin() as conn:
+        assert store_lowers_ascii_plainly(conn), "the embedded store's C.UTF-8 lower() maps ASCII plainly"
+    runner = world.runner("people")
+    table = runner.query("staged-keys")
+    staged = dict(world.sql(f"SELECT c0, _email_key FROM {qualified(table)}"))
+    assert staged == {
+        "  Ada@Example.COM ": "ada@example.com",
+        "bob@example.com": "bob@example.com",
+        "ÉMILE@EXAMPLE.COM": None,
+        "Straße@Example.com": None,
+        "İPEK@EXAMPLE.COM": None,
+        "ZOË@example.com": None,
+    }
+    runner.validate(table)
+    runner.write(table)
+    assert world.scalar("SELECT count(*) FROM contacts") == 6
+    assert (
+        world.sql("SELECT email FROM contacts WHERE email_normalized IS DISTINCT FROM lower(btrim(email))")
+        == []
+    )
+
+    monkeypatch.setattr(runner_module, "store_lowers_ascii_plainly", lambda conn: False)
+    world.add_sync("people_again", "SELECT * FROM people")
+    runner = world.runner("people_again")
+    table = runner.query("store-keys")
+    assert world.sql(f"SELECT count(*) FROM {qualified(table)} WHERE _email_key IS NOT NULL") == [(0,)]
+    runner.validate(table)
+    assert runner.write(table).counts["unchanged"] == 0
+    keys = "SELECT row_key FROM sync_fingerprints WHERE sync_name = %(sync)s ORDER BY row_key"
+    assert world.sql(keys, {"sync": "people_again"}) == world.sql(keys, {"sync": "people"})
+    assert world.scalar("SELECT count(*) FROM contacts") == 6, "the same six keys matched the same contacts"
+
+
+def test_a_key_shared_with_an_unchanged_row_is_won_by_the_later_updated_at(world: SyncWorld) -> None:
+    """An unchanged contact row keeps only its key and fingerprint in the rows table; when another row of the
+    run shares its key, its updated_at is read from the staged text, and the later row still wins."""
+    world.warehouse(PEOPLE)
+    world.add_sync("people", "SELECT * FROM people")
+    world.run("people")
+    world.warehouse(
+        "INSERT INTO people SELECT email, 'Older', last_name, seats, updated_at - INTERVAL 1 DAY FROM people "
+        "WHERE seats = '1'"
+    )
+    outcome = world.run("people")
+    assert (outcome.counts["rejected"], outcome.counts["changed"], outcome.counts["unchanged"]) == (1, 0, 200)
+    assert world.sql("SELECT code, row ->> 'first_name' FROM sync_rejections") == [
+        ("duplicate_key_in_batch", "Older")
+    ]
+    assert world.scalar("SELECT first_name FROM contacts WHERE email = 'person1@example.com'") == "First1"
+
+    world.warehouse(
+        "UPDATE people SET first_name = 'Newer', updated_at = updated_at + INTERVAL 2 DAY "
+        "WHERE first_name = 'Older'"
+    )
+    outcome = world.run("people")
+    assert (outcome.counts["rejected"], outcome.counts["changed"], outcome.counts["unchanged"]) == (1, 1, 199)
+    assert world.scalar("SELECT first_name FROM contacts WHERE email = 'person1@example.com'") == "Newer"
