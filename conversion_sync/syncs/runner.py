@@ -372,7 +372,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
         old = """(SELECT to_jsonb(c) - 'id' - 'field_updated_at' - 'custom_fields' - 'created_at' - 'updated_at'
                   || c.custom_fields FROM contacts c WHERE c.email_normalized = r.email_norm
                   ORDER BY c.updated_at DESC LIMIT 1)"""
-        key = "r.email"
+        key = "coalesce(r.email, r.row_key)"  # an unchanged row keeps only its key (the normalized e-mail)
     else:
         old = f"""(SELECT o.fields FROM custom_objects o
                    WHERE o.object_type = '{ctx.sync.destination.object_type}' AND o.object_id = r.object_id)"""

@@ -173,6 +173,8 @@ def test_preview_writes_nothing_and_shows_a_diff(world: SyncWorld) -> None:
     actions = {row["key"]: row for row in result.diff}
     assert actions["new@example.com"]["action"] == "add"
     assert actions["person1@example.com"]["fields"] == {"first_name": ["First1", "Changed"]}
+    unchanged = [key for key, row in actions.items() if row["action"] == "unchanged"]
+    assert len(unchanged) == 3 and all(str(key).endswith("@example.com") for key in unchanged), unchanged
     assert result.rejected[0]["code"] == "invalid_field_value"
     after = world.sql("SELECT * FROM contacts ORDER BY id"), world.sql("SELECT count(*) FROM sync_rejections")
     assert before == after
