@@ -361,11 +361,13 @@ def _write_objects(conn: sa.Connection, ctx: WriteContext, params: dict[str, obj
     """Each object written takes the fields of its latest row among all rows of the run, changed or not. Known
     objects are updated and new ones inserted without ON CONFLICT, as relationships are (only this writer
     writes objects, under the identity lock)."""
+    # only the written columns go through the sort, not whole rows
+    columns = "".join(f", r.{column}" for column in ctx.field_columns.values())
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE _objects ON COMMIT DROP AS
         SELECT x.object_id, {row_fields_json(ctx, "x")} AS fields
         FROM (
-            SELECT DISTINCT ON (r.object_id COLLATE "C") r.* FROM {ctx.rows_table} r
+            SELECT DISTINCT ON (r.object_id COLLATE "C") r.object_id{columns} FROM {ctx.rows_table} r
             WHERE r.problem IS NULL AND r.object_id IN (SELECT object_id FROM _writes WHERE NOT skip)
             ORDER BY r.object_id COLLATE "C", r.updated_at DESC NULLS LAST, r.row_number DESC
         ) x;
