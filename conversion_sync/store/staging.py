@@ -124,11 +124,14 @@ class BatchTextifier:
             else "CAST(NULL AS VARCHAR)"
         )
 
-        def select(texts: list[str], bad_text: str) -> str:
+        def select(texts: list[str], bad_text: str, kept: list[str]) -> str:
             texted = f"SELECT {', '.join(texts)}, {bad_text} AS {BAD_TEXT} FROM batch"
-            return f"SELECT *, {fingerprint} AS {FINGERPRINT}, {key} AS {EMAIL_KEY} FROM ({texted})"
+            columns = [*kept, f"{fingerprint} AS {FINGERPRINT}", f"{key} AS {EMAIL_KEY}"]
+            return f"SELECT {', '.join(columns)} FROM ({texted})"
 
-        return select(careful, flag), select(plain, "CAST(NULL AS VARCHAR)")
+        # without a NUL byte, text columns are staged as they came (see to_text): DuckDB returns the others
+        computed = [f"c{i}" for i in range(len(plain)) if i not in self._text_columns]
+        return select(careful, flag, ["*"]), select(plain, "CAST(NULL AS VARCHAR)", computed)
 
     def _may_hold_nul(self, batch: pa.RecordBatch) -> bool:
         """Whether a text column's data holds a zero byte (or is of a layout not checked here)."""
@@ -145,11 +148,26 @@ class BatchTextifier:
         if self._selects is None:
             self._selects = self._build_selects(batch)
         careful, plain = self._selects
+        may_hold_nul = self._may_hold_nul(batch)
         self._db.register("batch", batch)
         try:
-            return self._db.sql(careful if self._may_hold_nul(batch) else plain).to_arrow_table()
+            computed = self._db.sql(careful if may_hold_nul else plain).to_arrow_table()
         finally:
             self._db.unregister("batch")
+        if may_hold_nul:
+            return computed
+        # text columns pass through without a copy (their text is what DuckDB would return)
+        columns = [
+            pa.chunked_array([batch.column(i)]) if i in self._text_columns else computed.column(f"c{i}")
+            for i in range(batch.num_columns)
+        ]
+        columns += [
+            pa.nulls(batch.num_rows, pa.string()),
+            computed.column(FINGERPRINT),
+            computed.column(EMAIL_KEY),
+        ]
+        names = [f"c{i}" for i in range(batch.num_columns)] + [BAD_TEXT, FINGERPRINT, EMAIL_KEY]
+        return pa.Table.from_arrays(columns, names=names)
 
     def close(self) -> None:
         self._db.close()
