@@ -195,6 +195,10 @@ sync_runs = sa.Table(
     sa.Column("staging_table", sa.Text),
     sa.Column("full_sync", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("source_columns", sa.JSON),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("host", sa.Text),
+    sa.Column("pid", sa.Integer),
+    sa.Column("preview", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("sync_runs_by_sync", "sync_name", "started_at"),
     sa.Index("sync_runs_staging_table", "staging_table"),
 )
