@@ -118,11 +118,12 @@ def preview(ctx: click.Context, sync_name: str, limit: int) -> None:
 @main.command()
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Table of syncs: state, last run and its counts."""
-    from conversion_sync.store.sync_state import latest_runs
+    """Table of syncs: state, last run and its counts. A run whose process died shows as crashed."""
+    from conversion_sync.store.sync_state import latest_runs, mark_crashed_runs
 
     project = load_project_config(ctx.obj["config_dir"])
     with _store().begin() as conn:
+        mark_crashed_runs(conn)  # so that the runs' history says crashed too
         runs = latest_runs(conn)
     rows = [("SYNC", "STATE", "LAST RUN", "QUERIED", "ADDED", "CHANGED", "UNCHANGED", "REMOVED", "REJECTED")]
     for name in sorted(project.syncs):
@@ -138,8 +139,8 @@ def status(ctx: click.Context) -> None:
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     for name, run in sorted(runs.items()):
-        if name in project.syncs and run.status == "failed" and run.error:
-            click.echo(f"{name} failed: {run.error.splitlines()[0]}")
+        if name in project.syncs and run.status in ("failed", "crashed") and run.error:
+            click.echo(f"{name} {run.status}: {run.error.splitlines()[0].removeprefix('crashed: ')}")
 
 
 def _state(enabled: bool, run: object) -> str:
@@ -148,23 +149,44 @@ def _state(enabled: bool, run: object) -> str:
     status_, phase = run.status, run.phase  # type: ignore[attr-defined]
     if status_ == "running":
         return phase or "querying"
-    if status_ == "failed":
-        return "failed"
+    if status_ in ("failed", "crashed"):
+        return status_
     return "healthy" if enabled else "disabled"
 
 
 @main.command()
 @click.argument("sync_name")
-@click.option("--run", "run_id", default=None, help="Run id (default: the latest run with rejected rows).")
+@click.option(
+    "--run", "run_id", default=None, help="Run id (default: the latest finished run with rejected rows)."
+)
 @click.pass_context
 def rejections(ctx: click.Context, sync_name: str, run_id: str | None) -> None:
-    """Every rejected row of a run, as CSV on standard output."""
-    from conversion_sync.store.sync_state import last_run_with_rejections, rejections_csv
+    """Every rejected row of a finished run, as CSV on standard output."""
+    from conversion_sync.store.sync_state import (
+        get_run,
+        last_run_with_rejections,
+        mark_crashed_runs,
+        rejections_csv,
+    )
 
     project = load_project_config(ctx.obj["config_dir"])
     if sync_name not in project.syncs and sync_name not in project.broken_syncs:
         raise click.ClickException(f"unknown sync '{sync_name}'")
     with _store().begin() as conn:
+        mark_crashed_runs(conn, sync_name)
+        if run_id is not None:
+            run = get_run(conn, run_id)
+            if run is None or run.sync_name != sync_name or run.preview:
+                raise click.ClickException(f"sync '{sync_name}' has no run '{run_id}'")
+            if run.status == "running":
+                raise click.ClickException(
+                    f"run {run_id} of sync '{sync_name}' is still running; its rejected rows are kept when it finishes"
+                )
+            if run.status != "success":
+                raise click.ClickException(
+                    f"run {run_id} of sync '{sync_name}' did not finish ({run.status}): nothing of it was written "
+                    "and its rejected rows were discarded; the next successful run reports them again"
+                )
         run_id = run_id or last_run_with_rejections(conn, sync_name)
         if run_id is None:
             raise click.ClickException(f"sync '{sync_name}' has no rejected rows")

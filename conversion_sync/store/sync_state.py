@@ -5,11 +5,29 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
+import socket
+import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = timedelta(seconds=20)
+"""How often a run's executing step refreshes sync_runs.heartbeat_at."""
+
+CRASHED_AFTER = timedelta(minutes=2)
+"""A 'running' run whose heartbeat is older than this is crashed: its process died (killed, out of memory,
+machine lost). Several missed heartbeats, and room for the pause between two steps that run in separate
+processes (the step that ends leaves a fresh heartbeat behind)."""
+
+_RUN_COLUMNS = """run_id, sync_name, status, phase, started_at, finished_at, counts, error, watermark_used,
+    next_watermark, staging_table, full_sync, source_columns, heartbeat_at, host, pid, preview"""
 
 
 @dataclass
@@ -28,6 +46,13 @@ class SyncRunRecord:
     full_sync: bool
     source_columns: list[dict[str, str]] | None
     """[{name, type}] of the query's result, type being the Arrow type as text."""
+    heartbeat_at: datetime | None = None
+    """When a step of the run last said it was alive (refreshed while a step executes)."""
+    host: str | None = None
+    pid: int | None = None
+    """The process executing a step of the run now; None between steps and after the run."""
+    preview: bool = False
+    """A dry run's record: never a sync's latest run, deleted when the preview ends."""
 
 
 def get_watermark(conn: sa.Connection, sync_name: str) -> datetime | None:
@@ -72,14 +97,18 @@ def start_run(
     next_watermark: datetime,
     staging_table: str,
     full_sync: bool,
+    preview: bool = False,
 ) -> None:
+    """Record a run as running its query step in this process (host, pid, a fresh heartbeat)."""
     conn.exec_driver_sql(
         """INSERT INTO sync_runs (run_id, sync_name, status, phase, watermark_used, next_watermark, staging_table,
-                                  full_sync, started_at)
-        VALUES (%(run)s, %(sync)s, 'running', 'querying', %(used)s, %(next)s, %(stage)s, %(full)s, now())
+                                  full_sync, started_at, heartbeat_at, host, pid, preview)
+        VALUES (%(run)s, %(sync)s, 'running', 'querying', %(used)s, %(next)s, %(stage)s, %(full)s, now(), now(),
+                %(host)s, %(pid)s, %(preview)s)
         ON CONFLICT (run_id) DO UPDATE SET status = 'running', phase = 'querying', error = NULL, finished_at = NULL,
             watermark_used = EXCLUDED.watermark_used, next_watermark = EXCLUDED.next_watermark,
-            staging_table = EXCLUDED.staging_table, full_sync = EXCLUDED.full_sync, counts = '{}'::jsonb""",
+            staging_table = EXCLUDED.staging_table, full_sync = EXCLUDED.full_sync, counts = '{}'::jsonb,
+            heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid, preview = EXCLUDED.preview""",
         {
             "run": run_id,
             "sync": sync_name,
@@ -87,8 +116,13 @@ def start_run(
             "next": next_watermark,
             "stage": staging_table,
             "full": full_sync,
+            "host": this_host(),
+            "pid": os.getpid(),
+            "preview": preview,
         },
     )
+    # a run re-started under the same id starts without the rejected rows of its earlier attempt
+    discard_rejections(conn, [run_id])
 
 
 def record_columns(conn: sa.Connection, run_id: str, names: list[str], arrow_types: list[str]) -> None:
@@ -117,22 +151,179 @@ def finish_run(
     )
 
 
+def fail_run(conn: sa.Connection, run_id: str, error: str) -> None:
+    """A run failed as a whole: mark it failed and discard its rejected rows (only finished runs keep them).
+    A preview's record is deleted instead: a dry run leaves no trace."""
+    if discard_preview_run(conn, run_id):
+        return
+    finish_run(conn, run_id, "failed", {}, error=error)
+    discard_rejections(conn, [run_id])
+
+
+def discard_preview_run(conn: sa.Connection, run_id: str) -> bool:
+    """Delete a preview's run record and anything recorded under it; False when `run_id` is no preview."""
+    deleted = conn.exec_driver_sql(
+        "DELETE FROM sync_runs WHERE run_id = %s AND preview RETURNING run_id", (run_id,)
+    ).first()
+    if deleted is None:
+        return False
+    discard_rejections(conn, [run_id])
+    return True
+
+
+def discard_rejections(conn: sa.Connection, run_ids: list[str]) -> int:
+    """Delete the rejected rows recorded by runs that will never finish (failed, crashed, abandoned)."""
+    if not run_ids:
+        return 0
+    return conn.exec_driver_sql(
+        "DELETE FROM sync_rejections WHERE run_id = ANY(%(runs)s)", {"runs": list(run_ids)}
+    ).rowcount
+
+
 def abandon_older_runs(conn: sa.Connection, sync_name: str, run_id: str, started_at: datetime) -> list[str]:
     """Mark runs of the sync that started before `started_at` and are still 'running' as failed
-    (superseded by `run_id`, which succeeded); returns their staging tables."""
-    tables = (
-        conn.exec_driver_sql(
-            """UPDATE sync_runs SET status = 'failed', phase = NULL, finished_at = now(),
-                error = 'abandoned: the run never finished (its process died) and run ' || %(run)s
-                        || ', which started later, succeeded'
-            WHERE sync_name = %(sync)s AND status = 'running' AND run_id <> %(run)s AND started_at < %(started)s
-            RETURNING staging_table""",
-            {"sync": sync_name, "run": run_id, "started": started_at},
+    (superseded by `run_id`, which succeeded) and discard their rejected rows; returns their staging tables."""
+    rows = conn.exec_driver_sql(
+        """UPDATE sync_runs SET status = 'failed', phase = NULL, finished_at = now(), pid = NULL,
+            error = 'abandoned: the run never finished (its process died) and run ' || %(run)s
+                    || ', which started later, succeeded'
+        WHERE sync_name = %(sync)s AND status = 'running' AND run_id <> %(run)s AND started_at < %(started)s
+        RETURNING run_id, staging_table""",
+        {"sync": sync_name, "run": run_id, "started": started_at},
+    ).all()
+    discard_rejections(conn, [r for r, _ in rows])
+    return [t for _, t in rows if t]
+
+
+# --- crash detection -----------------------------------------------------------------------------------
+
+
+def this_host() -> str:
+    """This machine as run records name it: the host name, and on Linux the PID namespace, so that two
+    containers that share a host name never judge each other's process ids."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie still counts: its parent has not
+    reaped it yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def mark_crashed_runs(conn: sa.Connection, sync_name: str | None = None) -> list[str]:
+    """Mark as crashed the runs still 'running' whose process is gone: their heartbeat is older than
+    CRASHED_AFTER, or a step of theirs was executing on this host in a process that no longer exists.
+    Their rejected rows are discarded (only finished runs keep them) and a dead preview's record is deleted.
+    Returns the crashed runs' ids (the next query step of the sync drops their staging tables)."""
+    rows = conn.exec_driver_sql(
+        """SELECT run_id, host, pid, preview, coalesce(heartbeat_at, started_at) < now() - %(after)s AS stale
+        FROM sync_runs WHERE status = 'running' AND (%(sync)s::text IS NULL OR sync_name = %(sync)s)""",
+        {"sync": sync_name, "after": CRASHED_AFTER},
+    ).all()
+    here = this_host()
+    crashed: list[str] = []
+    for run_id, host, pid, preview, stale in rows:
+        if stale:
+            reason = (
+                f"crashed: no heartbeat for more than {_describe(CRASHED_AFTER)} "
+                "(its process died: killed, out of memory or machine lost)"
+            )
+            condition = "coalesce(heartbeat_at, started_at) < now() - %(after)s"
+        elif host == here and pid is not None and not pid_alive(pid):
+            reason = f"crashed: its process {pid} on {host.split()[0]} no longer exists"
+            condition = "host = %(host)s AND pid = %(pid)s"
+        else:
+            continue
+        params = {"run": run_id, "after": CRASHED_AFTER, "host": host, "pid": pid, "error": reason}
+        where = f"run_id = %(run)s AND status = 'running' AND {condition}"
+        if preview:
+            if conn.exec_driver_sql(f"DELETE FROM sync_runs WHERE {where} RETURNING run_id", params).first():
+                discard_rejections(conn, [run_id])
+            continue
+        marked = conn.exec_driver_sql(
+            f"""UPDATE sync_runs SET status = 'crashed', finished_at = now(), error = %(error)s
+            WHERE {where} RETURNING run_id""",
+            params,
+        ).first()
+        if marked:
+            crashed.append(run_id)
+    discard_rejections(conn, crashed)
+    return crashed
+
+
+def _describe(interval: timedelta) -> str:
+    seconds = int(interval.total_seconds())
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds // 60} minute{'s' if seconds > 60 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+class RunHeartbeat:
+    """While a step of a run executes in this process: the run records this host and process, and a daemon
+    thread refreshes its heartbeat every HEARTBEAT_EVERY on its own short connection. When the step ends,
+    the run records no process (the pause until its next step starts) and a fresh heartbeat."""
+
+    def __init__(self, engine: sa.Engine, run_id: str) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def __enter__(self) -> RunHeartbeat:
+        self._update(
+            "UPDATE sync_runs SET heartbeat_at = now(), host = %(host)s, pid = %(pid)s "
+            "WHERE run_id = %(run)s AND status = 'running'",
+            {"run": self.run_id, "host": this_host(), "pid": os.getpid()},
         )
-        .scalars()
-        .all()
-    )
-    return [t for t in tables if t]
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._update(
+            "UPDATE sync_runs SET heartbeat_at = now(), pid = NULL "
+            "WHERE run_id = %(run)s AND status = 'running' AND pid = %(pid)s",
+            {"run": self.run_id, "pid": os.getpid()},
+        )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY.total_seconds()):
+            # SKIP LOCKED: the step's own transaction may hold the row for a moment as it records its phase
+            self._update(
+                """UPDATE sync_runs SET heartbeat_at = now() WHERE run_id = (
+                    SELECT run_id FROM sync_runs WHERE run_id = %(run)s AND status = 'running'
+                    FOR UPDATE SKIP LOCKED)""",
+                {"run": self.run_id},
+            )
+
+    def _update(self, sql: str, params: dict[str, Any]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+                conn.exec_driver_sql(sql, params)
+        except Exception as exc:  # a missed heartbeat must never fail the step
+            if not self._warned:
+                self._warned = True
+                log.warning("run %s: could not record its heartbeat: %s", self.run_id, exc)
 
 
 def get_run(conn: sa.Connection, run_id: str) -> SyncRunRecord | None:
@@ -146,20 +337,28 @@ def get_run_by_staging_table(conn: sa.Connection, staging_table: str) -> SyncRun
 
 def _get_run_by(conn: sa.Connection, column: str, value: str) -> SyncRunRecord | None:
     row = conn.exec_driver_sql(
-        f"""SELECT run_id, sync_name, status, phase, started_at, finished_at, counts, error, watermark_used,
-                  next_watermark, staging_table, full_sync, source_columns FROM sync_runs WHERE {column} = %s""",
-        (value,),
+        f"SELECT {_RUN_COLUMNS} FROM sync_runs WHERE {column} = %s", (value,)
     ).one_or_none()
     return SyncRunRecord(*row) if row else None
 
 
 def latest_runs(conn: sa.Connection) -> dict[str, SyncRunRecord]:
+    """Each sync's latest run (previews are not runs). A run still 'running' whose heartbeat is older than
+    CRASHED_AFTER reads as 'crashed' even before mark_crashed_runs records it."""
     rows = conn.exec_driver_sql(
-        """SELECT DISTINCT ON (sync_name) run_id, sync_name, status, phase, started_at, finished_at, counts, error,
-                  watermark_used, next_watermark, staging_table, full_sync, source_columns
-        FROM sync_runs ORDER BY sync_name, started_at DESC"""
+        f"""SELECT DISTINCT ON (sync_name) {_RUN_COLUMNS},
+                  status = 'running' AND coalesce(heartbeat_at, started_at) < now() - %(after)s AS stale
+        FROM sync_runs WHERE NOT preview ORDER BY sync_name, started_at DESC""",
+        {"after": CRASHED_AFTER},
     ).all()
-    return {row[1]: SyncRunRecord(*row) for row in rows}
+    runs = {}
+    for *columns, stale in rows:
+        run = SyncRunRecord(*columns)
+        if stale:
+            run.status, run.phase = "crashed", None
+            run.error = f"crashed: no heartbeat for more than {_describe(CRASHED_AFTER)}"
+        runs[run.sync_name] = run
+    return runs
 
 
 def rejection_preview(
@@ -174,9 +373,24 @@ def rejection_preview(
 
 
 def last_run_with_rejections(conn: sa.Connection, sync_name: str) -> str | None:
+    """The latest finished (successful) run of the sync that rejected rows; a run that failed, crashed or is
+    still running has no rejected rows to show."""
     return conn.exec_driver_sql(
-        "SELECT run_id FROM sync_rejections WHERE sync_name = %s ORDER BY id DESC LIMIT 1", (sync_name,)
+        """SELECT run_id FROM sync_runs u WHERE sync_name = %(sync)s AND status = 'success' AND NOT preview
+            AND EXISTS (SELECT 1 FROM sync_rejections r WHERE r.sync_name = u.sync_name AND r.run_id = u.run_id)
+        ORDER BY finished_at DESC LIMIT 1""",
+        {"sync": sync_name},
     ).scalar()
+
+
+def rejection_count(conn: sa.Connection, sync_name: str, run_id: str | None = None) -> int:
+    """Rejected rows of the sync's finished (successful) runs, or of one of them."""
+    return conn.exec_driver_sql(
+        """SELECT count(*) FROM sync_rejections r JOIN sync_runs u ON u.run_id = r.run_id
+        WHERE r.sync_name = %(sync)s AND u.status = 'success' AND NOT u.preview
+          AND (%(run)s::text IS NULL OR r.run_id = %(run)s)""",
+        {"sync": sync_name, "run": run_id},
+    ).scalar_one()
 
 
 def rejections_csv(conn: sa.Connection, sync_name: str, run_id: str, out: io.TextIOBase) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,8 +68,34 @@ class SyncOutcome:
         return f"conversion-sync rejections {self.sync_name} --run {self.run_id}"
 
 
+def _heartbeat(by: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A step keeps its run's heartbeat going while it executes (sync_state.RunHeartbeat), so that a run
+    whose process died reads as crashed. The step's first argument names the run: its id (`by="run_id"`)
+    or its staging table (`by="table"`)."""
+
+    def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(step)
+        def wrapper(self: SyncRunner, key: str, *args: Any, **kwargs: Any) -> Any:
+            run_id: str | None = key
+            if by == "table":
+                with self.store.begin() as conn:
+                    record = sync_state.get_run_by_staging_table(conn, key)
+                run_id = record.run_id if record else None
+            if run_id is None:
+                return step(self, key, *args, **kwargs)
+            with sync_state.RunHeartbeat(self.store.engine(), run_id):
+                return step(self, key, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 class SyncRunner:
     """Runs one sync's steps against the store. Each step finds the previous one's work by staging table."""
+
+    _previewing = False
+    """True while preview() runs the query step: the run record is a preview's."""
 
     def __init__(
         self,
@@ -87,11 +115,13 @@ class SyncRunner:
 
     # --- step 1: query ----------------------------------------------------------------------------------
 
+    @_heartbeat(by="run_id")
     def query(self, run_id: str, batch_rows: int = 50_000) -> str:
         """Run the warehouse query and stage every batch; returns the staging table name."""
         engine = self.store.engine()
         table = staging_table_name(self.sync.name, run_id)
         with engine.begin() as conn:
+            sync_state.mark_crashed_runs(conn, self.sync.name)  # their staging tables go with the leftovers
             running = conn.exec_driver_sql(
                 "SELECT staging_table FROM sync_runs WHERE sync_name = %s AND status = 'running' AND run_id <> %s",
                 (self.sync.name, run_id),
@@ -108,6 +138,7 @@ class SyncRunner:
                 next_watermark=next_watermark,
                 staging_table=table,
                 full_sync=not self.sync.incremental,
+                preview=self._previewing,
             )
         started = time.monotonic()
         try:
@@ -189,6 +220,7 @@ class SyncRunner:
             source_types={c["name"]: c["type"] for c in record.source_columns or []},
         )
 
+    @_heartbeat(by="table")
     def validate(self, table: str) -> ValidationResult:
         """Reject bad rows (kept with code and message) and build the typed rows table."""
         started = time.monotonic()
@@ -237,6 +269,7 @@ class SyncRunner:
             rebuild_rows=validator.rebuild,
         )
 
+    @_heartbeat(by="table")
     def write(self, table: str) -> SyncOutcome:
         """Merge the typed rows into the store and move the watermark, in one transaction."""
         started = time.monotonic()
@@ -302,8 +335,9 @@ class SyncRunner:
                 continue
 
     def _fail(self, run_id: str, error: str) -> None:
+        """The run failed: marked failed, its rejected rows discarded; a preview's record is deleted."""
         with self.store.begin() as conn:
-            sync_state.finish_run(conn, run_id, "failed", {}, error=error)
+            sync_state.fail_run(conn, run_id, error)
 
     # --- whole runs -------------------------------------------------------------------------------------
 
@@ -315,25 +349,33 @@ class SyncRunner:
         return self.write(table)
 
     def preview(self, limit: int = 20, run_id: str | None = None) -> PreviewResult:
-        """Dry run: what would be added, changed, removed and rejected. Writes nothing lasting."""
+        """Dry run: what would be added, changed, removed and rejected. Writes nothing lasting.
+
+        Its run record is flagged as a preview (never a sync's latest run) and deleted, with its staging
+        tables, whether the preview succeeds or fails; its rejected rows are never committed."""
         run_id = run_id or f"preview-{uuid.uuid4()}"
-        table = self.query(run_id)
+        table = staging_table_name(self.sync.name, run_id)
+        self._previewing = True
         try:
-            with self.store.engine().connect() as conn, conn.begin() as transaction:
-                record = self._run_for(conn, table)
-                validator = self._validator(record, table)
-                prepare_bulk_transaction(conn)
-                validation = validator.run(conn, record.counts.get("queried", 0))
-                rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
-                ctx = self._write_context(record, table, validator, validation.planned_after_run)
-                ctx.dry_run = True
-                diff = row_diff(conn, ctx, self.destination.kind, limit)
-                counts = WRITERS[self.destination.kind](conn, ctx)
-                transaction.rollback()
+            with sync_state.RunHeartbeat(self.store.engine(), run_id):
+                table = self.query(run_id)
+                self._previewing = False
+                with self.store.engine().connect() as conn, conn.begin() as transaction:
+                    record = self._run_for(conn, table)
+                    validator = self._validator(record, table)
+                    prepare_bulk_transaction(conn)
+                    validation = validator.run(conn, record.counts.get("queried", 0))
+                    rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
+                    ctx = self._write_context(record, table, validator, validation.planned_after_run)
+                    ctx.dry_run = True
+                    diff = row_diff(conn, ctx, self.destination.kind, limit)
+                    counts = WRITERS[self.destination.kind](conn, ctx)
+                    transaction.rollback()
         finally:
+            self._previewing = False
             with self.store.begin() as conn:
                 drop_run_tables(conn, table)
-                conn.exec_driver_sql("DELETE FROM sync_runs WHERE run_id = %s", (run_id,))
+                sync_state.discard_preview_run(conn, run_id)
         all_counts = {
             "queried": validation.queried,
             **counts.as_dict(),
