@@ -6,13 +6,36 @@ import re
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from conversion_sync.config.schedules import parse_duration, schedule_to_cron
 from conversion_sync.syncs.template import TEMPLATE_NAMES, is_incremental, unknown_template_names
 
 SYNC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DEFAULT_LOOKBACK = timedelta(minutes=5)
+"""Overlap re-read by each incremental run: rows stamped before their transaction committed land behind the
+watermark; change detection makes re-reading them free. `lookback: 0` opts out."""
 DestinationType = Literal["contacts", "custom_objects", "events"]
+DEFAULT_MAX_REMOVED = "10%"
+"""Removal guard: a full sync may remove at most this share of its keys per run unless allowed more."""
+_PERCENT = re.compile(r"^(\d+(\.\d+)?)\s*%$")
+
+
+def parse_max_removed(value: object) -> tuple[int, float | None]:
+    """`max_removed` as (count, None) or (0, percent); raises ValueError naming what is allowed."""
+    if isinstance(value, bool):
+        raise ValueError("must be a count (such as 500) or a percentage of the sync's keys (such as '10%')")
+    if isinstance(value, int) and value >= 0:
+        return value, None
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text), None
+    match = _PERCENT.match(text)
+    if match and float(match.group(1)) <= 100:
+        return 0, float(match.group(1))
+    raise ValueError(
+        f"{value!r} is not a count (such as 500) or a percentage of the sync's keys (such as '10%', at most 100%)"
+    )
 
 
 class DestinationConfig(BaseModel):
@@ -43,13 +66,21 @@ class SyncConfig(BaseModel):
     query: str
     schedule: str = "manual"
     enabled: bool = True
-    lookback: timedelta = timedelta(0)
+    lookback: timedelta = DEFAULT_LOOKBACK
     after: list[str] = Field(default_factory=list)
     delete_behavior: Literal["do_nothing", "clear_fields", "delete"] = "do_nothing"
+    max_removed: int | str = DEFAULT_MAX_REMOVED
+    """The most keys one run may remove (clear_fields or delete): a count, or a percentage of the sync's keys."""
+    allow_empty_result: bool = False
+    """Whether a full query that returns no rows may remove every key of the sync."""
+    nulls: Literal["clear", "keep"] = "clear"
+    """What a NULL does to a stored value: clear it, or keep the value stored."""
     max_rows: int | None = Field(default=None, gt=0)
     owner: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     rejected_rate_threshold: float = Field(default=0.1, ge=0, le=1)
+    _warehouse_kind: str | None = PrivateAttr(default=None)
+    """The type of the sync's warehouse once the project is loaded: whose comment syntax the query uses."""
 
     @field_validator("name")
     @classmethod
@@ -71,6 +102,17 @@ class SyncConfig(BaseModel):
             raise ValueError(f"unknown template name {names}; allowed: {', '.join(TEMPLATE_NAMES)}")
         return query
 
+    @field_validator("max_removed", mode="before")
+    @classmethod
+    def _max_removed(cls, value: object) -> int | str:
+        parse_max_removed(value)
+        return value if isinstance(value, int) else str(value).strip()
+
+    def removal_limit(self, stored_keys: int) -> int:
+        """How many of the sync's `stored_keys` one run may remove."""
+        count, percent = parse_max_removed(self.max_removed)
+        return count if percent is None else int(stored_keys * percent / 100)
+
     @field_validator("schedule", mode="before")
     @classmethod
     def _schedule(cls, schedule: object) -> str:
@@ -88,7 +130,12 @@ class SyncConfig(BaseModel):
 
     @property
     def incremental(self) -> bool:
-        return is_incremental(self.query)
+        """Whether the query uses the watermark outside its comments."""
+        return is_incremental(self.query, self._warehouse_kind)
+
+    def use_warehouse_kind(self, kind: str) -> None:
+        """Read the query in the SQL dialect of its warehouse's type (comments, quoting)."""
+        self._warehouse_kind = kind
 
     @property
     def cron_schedule(self) -> str | None:

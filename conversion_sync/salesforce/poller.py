@@ -19,7 +19,13 @@ from conversion_sync.config.store_schema import RESERVED_CONTACT_NAMES, STANDARD
 from conversion_sync.salesforce.budget import ApiBudget, ApiBudgetExhausted
 from conversion_sync.salesforce.client import SalesforceClient
 from conversion_sync.store.contact_store import ContactStore
-from conversion_sync.store.identity import IdentityMatcher, lock_identities
+from conversion_sync.store.contacts import (
+    email_key_sql,
+    incoming_wins_sql,
+    lock_identities,
+    trimmed_email_sql,
+)
+from conversion_sync.store.identity import IdentityMatcher
 
 POLL_ORDER = ("Account", "Lead", "Contact")
 """Accounts first, so companies exist before people link to them; Leads before Contacts, so a converted
@@ -451,8 +457,8 @@ class FieldSyncSql:
 
 
 def field_sync_sql(mapped: Sequence[MappedField], *, bag: str) -> FieldSyncSql:
-    """Per mapped field: the Salesforce value applies when the record's LastModifiedDate is newer than the
-    field's field_updated_at (most_recent; Salesforce nulls never clear a value), always when it differs
+    """Per mapped field: the Salesforce value applies when the record's LastModifiedDate wins over the
+    field's field_updated_at by the contacts' merge rule (most_recent; Salesforce nulls never clear a value), always when it differs
     (salesforce_wins), or only into an empty field (conversion_wins). `bag` is the jsonb column for
     fields that are not columns."""
     sql = FieldSyncSql()
@@ -464,8 +470,7 @@ def field_sync_sql(mapped: Sequence[MappedField], *, bag: str) -> FieldSyncSql:
             new, current = f"(r.fields ->> '{name}')", f"cur.{name}"
         else:
             new, current = f"NULLIF(r.fields -> '{name}', 'null'::jsonb)", f"(cur.{bag} -> '{name}')"
-        stamp = f"(cur.field_updated_at ->> '{name}')"
-        newer = f"({stamp} IS NULL OR r.last_modified > {stamp}::timestamptz)"
+        newer = incoming_wins_sql(name, "r.last_modified", stamps="cur.field_updated_at")
         if m.preference == "salesforce_wins":
             applies = f"{current} IS DISTINCT FROM {new}"
         elif m.preference == "conversion_wins":
@@ -510,13 +515,13 @@ def merge_people(
     ).rowcount
     live = "NOT is_deleted AND NOT is_converted"
     counts.skipped_no_email += conn.exec_driver_sql(
-        f"SELECT count(*) FROM _sf_records WHERE {live} AND NULLIF(btrim(email), '') IS NULL"
+        f"SELECT count(*) FROM _sf_records WHERE {live} AND {email_key_sql('email')} IS NULL"
     ).scalar_one()
     resolvable = conn.exec_driver_sql(
         f"""CREATE TEMP TABLE _sf_identities ON COMMIT DROP AS
-        SELECT sf_id, %(type)s::text AS sf_type, btrim(email) AS email, NULL::bigint AS contact_id,
-               NULL::text AS outcome
-        FROM _sf_records WHERE {live} AND NULLIF(btrim(email), '') IS NOT NULL""",
+        SELECT sf_id, %(type)s::text AS sf_type, {trimmed_email_sql("email")} AS email,
+               NULL::bigint AS contact_id, NULL::text AS outcome
+        FROM _sf_records WHERE {live} AND {email_key_sql("email")} IS NOT NULL""",
         {"type": sobject},
     ).rowcount
     if not resolvable:

@@ -33,7 +33,8 @@ from conversion_sync.salesforce.client import (
 )
 from conversion_sync.store.connection import prepare_bulk_transaction
 from conversion_sync.store.contact_store import ContactStore
-from conversion_sync.store.identity import IdentityMatcher, lock_identities
+from conversion_sync.store.contacts import email_key_sql, lock_identities, trimmed_email_sql
+from conversion_sync.store.identity import IdentityMatcher
 
 COLLECTION_SIZE = 200
 """Records per composite/sobjects call: Salesforce's maximum."""
@@ -642,9 +643,9 @@ class CampaignReconciler:
         run = conn.exec_driver_sql
         staged = run(
             f"""CREATE TEMP TABLE _cm_identities ON COMMIT DROP AS
-            SELECT member_id, person_id AS sf_id, person_type AS sf_type, btrim(email) AS email,
+            SELECT member_id, person_id AS sf_id, person_type AS sf_type, {trimmed_email_sql("email")} AS email,
                    NULL::bigint AS contact_id, NULL::text AS outcome
-            FROM _cm_sf WHERE contact_id IS NULL AND NULLIF(btrim(email), '') IS NOT NULL AND {condition}"""
+            FROM _cm_sf WHERE contact_id IS NULL AND {email_key_sql("email")} IS NOT NULL AND {condition}"""
         ).rowcount
         if staged:
             matched = self.identity.resolve_table(

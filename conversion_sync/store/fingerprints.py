@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from conversion_sync.store.connection import prepare_bulk_transaction
 
 PARENT = "sync_fingerprints"
-"""Partitioned by LIST (sync_name): (sync_name, row_key) → fingerprint, a 60-bit integer."""
+"""Partitioned by LIST (sync_name): (sync_name, row_key) → fingerprint, a 60-bit integer, and the versions
+(xmin) of the store records the sync last wrote or checked for that key."""
 
 
 def partition_name(sync_name: str) -> str:
@@ -42,11 +43,11 @@ def _fill_new_table(conn: sa.Connection, sync_name: str, rows_select: str, param
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     conn.exec_driver_sql(
         f"CREATE TABLE {name} (sync_name text NOT NULL, row_key text NOT NULL, fingerprint bigint NOT NULL, "
-        f"CONSTRAINT {name}_sync CHECK (sync_name = {value}))"
+        f"record_version bigint, link_version bigint, CONSTRAINT {name}_sync CHECK (sync_name = {value}))"
     )
     rows = conn.exec_driver_sql(
-        f"INSERT INTO {name} (sync_name, row_key, fingerprint) SELECT {value}, k.row_key, k.fingerprint "
-        f"FROM ({rows_select}) k",
+        f"INSERT INTO {name} (sync_name, row_key, fingerprint, record_version, link_version) "
+        f"SELECT {value}, k.row_key, k.fingerprint, k.record_version, k.link_version FROM ({rows_select}) k",
         params,
     ).rowcount
     conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (sync_name, row_key)")
@@ -62,7 +63,8 @@ def _attach(conn: sa.Connection, sync_name: str) -> None:
 
 
 def create_partition(conn: sa.Connection, sync_name: str, rows_select: str, params: dict[str, Any]) -> int:
-    """Create the sync's partition holding `rows_select`'s (row_key, fingerprint) rows, inside the caller's
+    """Create the sync's partition holding `rows_select`'s (row_key, fingerprint, record_version, link_version)
+    rows, inside the caller's
     transaction (on rollback it is gone too); returns how many rows."""
     rows = _fill_new_table(conn, sync_name, rows_select, params)
     _attach(conn, sync_name)
@@ -108,3 +110,31 @@ class PartitionBuild:
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
             if not has_partition(conn, self.sync_name):
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {partition_name(self.sync_name)}")
+
+
+def forget_moved_records(
+    conn: sa.Connection, sync_name: str, kind: str, keys_select: str, params: dict[str, Any]
+) -> int:
+    """Forget the fingerprints, among the keys `keys_select` yields, whose store record is no longer as this
+    sync last wrote or checked it: changed, cleared or deleted by another writer since (any UPDATE gives a row a
+    new xmin). Their rows are then planned as new and compared with the store, so a value another writer changed
+    or removed is restored. Fingerprints without a version (written before versions were kept) count as moved.
+    `params` must hold `object_type` for custom objects."""
+    if kind == "contacts":
+        moved = """NOT EXISTS (SELECT 1 FROM contacts c
+                               WHERE c.email_normalized = f.row_key AND c.xmin::text::bigint = f.record_version)"""
+    elif kind == "custom_objects":
+        object_id, email = "split_part(f.row_key, chr(31), 1)", "split_part(f.row_key, chr(31), 2)"
+        moved = f"""(NOT EXISTS (SELECT 1 FROM custom_objects o
+                                WHERE o.object_type = %(object_type)s AND o.object_id = {object_id}
+                                  AND o.xmin::text::bigint = f.record_version)
+                     OR ({email} <> '' AND NOT EXISTS (
+                         SELECT 1 FROM object_relationships r JOIN contacts c ON c.id = r.contact_id
+                         WHERE r.object_type = %(object_type)s AND r.object_id = {object_id}
+                           AND c.email_normalized = {email} AND r.xmin::text::bigint = f.link_version)))"""
+    else:
+        return 0
+    return conn.exec_driver_sql(
+        f"""DELETE FROM {PARENT} f WHERE f.sync_name = %(sync)s AND f.row_key IN ({keys_select}) AND {moved}""",
+        {**params, "sync": sync_name},
+    ).rowcount

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import dagster as dg
 import sqlalchemy as sa
 
-IDENTITY_LOCK_KEY = 7_310_002
-"""Transaction-scoped advisory lock: every writer that may create or link contacts takes it first."""
+from conversion_sync.store.contacts import email_key_sql, lock_identities, trimmed_email_sql
 
 
 @dataclass
@@ -29,15 +28,10 @@ class IdentityCounts:
 _KEYS = "_identity_keys"
 
 
-def lock_identities(conn: sa.Connection) -> None:
-    """Take the identity lock for the rest of this transaction."""
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": IDENTITY_LOCK_KEY})
-
-
 def _key_expressions(prefix: str, email_column: str, salesforce_id_column: str | None) -> tuple[str, str]:
     """SQL for the normalised Salesforce id and email of a staged row (blank counts as missing)."""
     sf_id = f"NULLIF(btrim({prefix}{salesforce_id_column}), '')" if salesforce_id_column else "NULL::text"
-    return sf_id, f"NULLIF(lower(btrim({prefix}{email_column})), '')"
+    return sf_id, email_key_sql(f"{prefix}{email_column}")
 
 
 def _latest_contacts(emails_table: str, normalized: str) -> str:
@@ -90,11 +84,11 @@ class IdentityMatcher(dg.ConfigurableResource):
         run(
             f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
             SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
-                   min({email_norm}) AS email_norm, min(btrim({email_column})) AS email,
+                   min({email_norm}) AS email_norm, min({trimmed_email_sql(email_column)}) AS email,
                    NULL::bigint AS contact_id, NULL::text AS outcome
             FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
             UNION ALL
-            SELECT NULL, NULL, {email_norm}, min(btrim({email_column})), NULL::bigint, NULL::text
+            SELECT NULL, NULL, {email_norm}, min({trimmed_email_sql(email_column)}), NULL::bigint, NULL::text
             FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
         )
         run(
@@ -239,7 +233,7 @@ class IdentityMatcher(dg.ConfigurableResource):
         return conn.exec_driver_sql(
             f"""WITH created AS (
                 INSERT INTO contacts (email, email_normalized)
-                SELECT btrim({email_column}), {norm("")} FROM {table}
+                SELECT {trimmed_email_sql(email_column)}, {norm("")} FROM {table}
                 WHERE {contact_column} IS NULL AND {norm("")} IS NOT NULL
                 ORDER BY {norm("")} COLLATE "C"  -- byte order: the index on email_normalized fills page by page
                 RETURNING id, email_normalized

@@ -26,9 +26,11 @@ FINGERPRINT = "_fingerprint"
 first 15 hex digits of its md5 as a bigint (60 bits: a changed row keeps its fingerprint once in 10^18)."""
 EMAIL_KEY = "_email_key"
 """Staged per row: the e-mail's key, trimmed of spaces and lower-cased, where DuckDB computes it exactly as the
-store's `NULLIF(lower(btrim(email)), '')` would (ASCII text, in a store whose lower() maps ASCII plainly); else
+store's `conversion_email_key(email)` would (ASCII text, in a store whose lower() maps ASCII plainly); else
 NULL, and validation computes it in the store. lower() in a UTF-8 store is a per-character library call."""
 _ASCII = "".join(chr(i) for i in range(1, 128))
+_ASCII_SPACE = "(' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13))"
+"""The ASCII white space the store's e-mail key trims (DuckDB SQL)."""
 
 
 _RUN_PART = 12
@@ -119,7 +121,7 @@ class BatchTextifier:
         email = f"c{self._email_column}"
         # ASCII only (as many bytes as characters): there DuckDB's lower() and trim agree with the store's
         key = (
-            f"CASE WHEN strlen({email}) = length({email}) THEN NULLIF(lower(trim({email}, ' ')), '') END"
+            f"CASE WHEN strlen({email}) = length({email}) THEN NULLIF(lower(trim({email}, {_ASCII_SPACE})), '') END"
             if self._email_column is not None
             else "CAST(NULL AS VARCHAR)"
         )

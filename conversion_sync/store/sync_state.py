@@ -68,24 +68,71 @@ def last_successful_run(conn: sa.Connection, sync_name: str) -> str | None:
     ).scalar()
 
 
-def set_watermark(conn: sa.Connection, sync_name: str, watermark: datetime, run_id: str) -> None:
-    """Move the watermark; call in the transaction of the run's last write."""
+def lock_sync(conn: sa.Connection, sync_name: str) -> None:
+    """Serialise a sync's state changes (a run's final write, a reset) until this transaction ends."""
     conn.exec_driver_sql(
-        """INSERT INTO sync_state (sync_name, watermark, last_run_id, last_success_at, updated_at)
-        VALUES (%(sync)s, %(watermark)s, %(run)s, now(), now())
-        ON CONFLICT (sync_name) DO UPDATE SET watermark = EXCLUDED.watermark, last_run_id = EXCLUDED.last_run_id,
-            last_success_at = now(), updated_at = now()""",
-        {"sync": sync_name, "watermark": watermark, "run": run_id},
+        "SELECT pg_advisory_xact_lock(hashtext('conversion_sync.sync_state.' || %s))", (sync_name,)
     )
 
 
+def set_watermark(
+    conn: sa.Connection,
+    sync_name: str,
+    watermark: datetime,
+    run_id: str,
+    field_types: dict[str, str] | None = None,
+) -> None:
+    """Move the watermark, and record the destination's field types the run wrote with; call in the
+    transaction of the run's last write, after lock_sync and reset_after."""
+    conn.exec_driver_sql(
+        """INSERT INTO sync_state (sync_name, watermark, last_run_id, last_success_at, updated_at, field_types)
+        VALUES (%(sync)s, %(watermark)s, %(run)s, now(), now(), %(types)s::jsonb)
+        ON CONFLICT (sync_name) DO UPDATE SET watermark = EXCLUDED.watermark, last_run_id = EXCLUDED.last_run_id,
+            last_success_at = now(), updated_at = now(), field_types = EXCLUDED.field_types""",
+        {"sync": sync_name, "watermark": watermark, "run": run_id, "types": json.dumps(field_types or {})},
+    )
+
+
+def reset_after(conn: sa.Connection, sync_name: str, moment: datetime) -> datetime | None:
+    """When the sync was reset, if that was after `moment` (a run's start): such a run must not move the state."""
+    return conn.exec_driver_sql(
+        "SELECT reset_at FROM sync_state WHERE sync_name = %s AND reset_at > %s", (sync_name, moment)
+    ).scalar()
+
+
 def reset_sync(conn: sa.Connection, sync_name: str) -> tuple[bool, int]:
-    """Forget the watermark and fingerprints so the next run reads and compares everything."""
-    had_state = conn.exec_driver_sql("DELETE FROM sync_state WHERE sync_name = %s", (sync_name,)).rowcount > 0
+    """Forget the watermark and fingerprints so the next run reads and compares everything. The reset is
+    remembered (reset_at): a run in flight that started before it writes nothing and leaves the reset in place;
+    one whose write is committing now is waited for (lock_sync), and the reset applies after it."""
+    lock_sync(conn, sync_name)
+    had_state = (
+        conn.exec_driver_sql(
+            "SELECT 1 FROM sync_state WHERE sync_name = %s AND (watermark IS NOT NULL OR last_run_id IS NOT NULL)",
+            (sync_name,),
+        ).first()
+        is not None
+    )
+    conn.exec_driver_sql(
+        """INSERT INTO sync_state (sync_name, reset_at, updated_at) VALUES (%(sync)s, clock_timestamp(), now())
+        ON CONFLICT (sync_name) DO UPDATE SET watermark = NULL, last_run_id = NULL, field_types = NULL,
+            reset_at = clock_timestamp(), updated_at = now()""",
+        {"sync": sync_name},
+    )
     fingerprints = conn.exec_driver_sql(
         "DELETE FROM sync_fingerprints WHERE sync_name = %s", (sync_name,)
     ).rowcount
     return had_state, fingerprints
+
+
+def changed_field_types(
+    conn: sa.Connection, sync_name: str, field_types: dict[str, str]
+) -> dict[str, list[str]]:
+    """Fields whose type differs from the one the sync's last successful run wrote with: {field: [old, new]}."""
+    stored = (
+        conn.exec_driver_sql("SELECT field_types FROM sync_state WHERE sync_name = %s", (sync_name,)).scalar()
+        or {}
+    )
+    return {f: [stored[f], t] for f, t in field_types.items() if f in stored and stored[f] != t}
 
 
 def start_run(
@@ -94,7 +141,7 @@ def start_run(
     run_id: str,
     sync_name: str,
     watermark_used: datetime,
-    next_watermark: datetime,
+    next_watermark: datetime | None,
     staging_table: str,
     full_sync: bool,
     preview: bool = False,
@@ -123,6 +170,14 @@ def start_run(
     )
     # a run re-started under the same id starts without the rejected rows of its earlier attempt
     discard_rejections(conn, [run_id])
+
+
+def set_next_watermark(conn: sa.Connection, run_id: str, moment: datetime) -> None:
+    """The run's next watermark, once its query has read the warehouse's clock (None until then)."""
+    conn.exec_driver_sql(
+        "UPDATE sync_runs SET next_watermark = %(moment)s WHERE run_id = %(run)s",
+        {"moment": moment, "run": run_id},
+    )
 
 
 def record_columns(conn: sa.Connection, run_id: str, names: list[str], arrow_types: list[str]) -> None:

@@ -177,6 +177,8 @@ sync_state = sa.Table(
     sa.Column("last_run_id", sa.Text),
     sa.Column("last_success_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("reset_at", sa.DateTime(timezone=True)),
+    sa.Column("field_types", JSONB),
 )
 
 sync_runs = sa.Table(
@@ -209,6 +211,9 @@ sync_fingerprints = sa.Table(
     sa.Column("sync_name", sa.Text, primary_key=True),
     sa.Column("row_key", sa.Text, primary_key=True),
     sa.Column("fingerprint", sa.BigInteger, nullable=False),
+    # xmin of the record (contact or custom object) and of the relationship as this sync last wrote or checked it
+    sa.Column("record_version", sa.BigInteger),
+    sa.Column("link_version", sa.BigInteger),
     postgresql_partition_by="LIST (sync_name)",
 )
 """One partition per sync (store/fingerprints.py creates it with the sync's first fingerprints)."""

@@ -30,7 +30,7 @@ from conversion_sync.store.staging import (
     store_lowers_ascii_plainly,
 )
 from conversion_sync.syncs.destinations import UnknownObjectType, destination_fields
-from conversion_sync.syncs.template import EPOCH, format_timestamp, render_query
+from conversion_sync.syncs.template import EPOCH, format_timestamp, is_incremental, render_query
 from conversion_sync.syncs.validation import (
     ValidationResult,
     Validator,
@@ -40,8 +40,9 @@ from conversion_sync.syncs.validation import (
     map_columns,
     rows_table,
 )
-from conversion_sync.syncs.writers import WRITERS, WriteContext, WriteCounts, row_fields_json
+from conversion_sync.syncs.writers import WRITERS, RemovalRefused, WriteContext, WriteCounts, row_fields_json
 from conversion_sync.warehouses import WarehouseError, open_warehouse
+from conversion_sync.warehouses.base import source_type
 
 PREVIEW_REJECTED_ROWS = 20
 
@@ -117,9 +118,15 @@ class SyncRunner:
 
     @_heartbeat(by="run_id")
     def query(self, run_id: str, batch_rows: int = 50_000) -> str:
-        """Run the warehouse query and stage every batch; returns the staging table name."""
+        """Run the warehouse query and stage every batch; returns the staging table name.
+
+        The run's next watermark is the warehouse's own clock read in the query's session just before the
+        query ran (so neither this host's clock nor the wait for a connection can lose rows); it is kept
+        with the run and becomes the sync's watermark only when the run's write commits.
+        """
         engine = self.store.engine()
         table = staging_table_name(self.sync.name, run_id)
+        kind = self.project.warehouses[self.sync.warehouse].type
         with engine.begin() as conn:
             sync_state.mark_crashed_runs(conn, self.sync.name)  # their staging tables go with the leftovers
             running = conn.exec_driver_sql(
@@ -129,21 +136,30 @@ class SyncRunner:
             drop_staging_tables(conn, self.sync.name, keep=[t for t in running if t])
             watermark = sync_state.get_watermark(conn, self.sync.name) or EPOCH
             used = max(EPOCH, watermark - self.sync.lookback) if watermark > EPOCH else EPOCH
-            next_watermark = datetime.now(UTC)
+            retyped = sync_state.changed_field_types(conn, self.sync.name, self.destination.field_types)
+            if retyped:
+                # stored values were written with another type: read everything again and rewrite them
+                used = EPOCH
+                if not self._previewing:
+                    conn.exec_driver_sql(
+                        "DELETE FROM sync_fingerprints WHERE sync_name = %s", (self.sync.name,)
+                    )
             sync_state.start_run(
                 conn,
                 run_id=run_id,
                 sync_name=self.sync.name,
                 watermark_used=used,
-                next_watermark=next_watermark,
+                next_watermark=None,
                 staging_table=table,
-                full_sync=not self.sync.incremental,
+                full_sync=not is_incremental(self.sync.query, kind),
                 preview=self._previewing,
             )
+            if retyped:
+                sync_state.set_phase(conn, run_id, "querying", {"retyped_fields": len(retyped)})
         started = time.monotonic()
         try:
-            sql = render_query(self.sync.query, used)
-            rows = self._stage(sql, table, run_id, batch_rows)
+            sql = render_query(self.sync.query, used, kind)
+            rows, warehouse_clock = self._stage(sql, table, run_id, batch_rows)
         except (WarehouseError, WholeRunError) as exc:
             self._fail(run_id, str(exc))
             raise SyncFailed(str(exc)) from None
@@ -151,6 +167,7 @@ class SyncRunner:
             self._fail(run_id, f"{type(exc).__name__}: {exc}")
             raise
         with engine.begin() as conn:
+            sync_state.set_next_watermark(conn, run_id, warehouse_clock)
             sync_state.set_phase(
                 conn,
                 run_id,
@@ -159,7 +176,8 @@ class SyncRunner:
             )
         return table
 
-    def _stage(self, sql: str, table: str, run_id: str, batch_rows: int) -> int:
+    def _stage(self, sql: str, table: str, run_id: str, batch_rows: int) -> tuple[int, datetime]:
+        """Stage the query's result; returns the row count and the warehouse's clock when the query began."""
         config = self.project.warehouses[self.sync.warehouse]
         writer: StagingWriter | None = None
         with (
@@ -175,7 +193,7 @@ class SyncRunner:
                         with self.store.begin() as conn:
                             create_staging_table(conn, table, columns)
                             sync_state.record_columns(
-                                conn, run_id, names, [str(t) for t in batch.schema.types]
+                                conn, run_id, names, [source_type(f) for f in batch.schema]
                             )
                             keyed = store_lowers_ascii_plainly(conn)
                         writer = StagingWriter(
@@ -196,9 +214,14 @@ class SyncRunner:
             finally:
                 if writer is not None:
                     writer.close()
+            clock = warehouse.query_started_at
         if writer is None:
             raise WholeRunError(f"sync '{self.sync.name}': the warehouse returned no result set")
-        return writer.rows
+        if clock is None:
+            raise WholeRunError(
+                f"sync '{self.sync.name}': warehouse '{self.sync.warehouse}' did not report its clock"
+            )
+        return writer.rows, clock
 
     # --- step 2: validate -------------------------------------------------------------------------------
 
@@ -218,6 +241,7 @@ class SyncRunner:
             columns=map_columns(names, self.destination, self.sync.name),
             source_names=names,
             source_types={c["name"]: c["type"] for c in record.source_columns or []},
+            object_type=self.sync.destination.object_type,
         )
 
     @_heartbeat(by="table")
@@ -267,6 +291,13 @@ class SyncRunner:
             matcher=self.matcher,
             planned_after_run=planned_after_run,
             rebuild_rows=validator.rebuild,
+            queried=record.counts.get("queried", 0),
+            rejected=record.counts.get("rejected", 0),
+            peer_syncs=[
+                name
+                for name, other in self.project.syncs.items()
+                if name != self.sync.name and other.destination == self.sync.destination
+            ],
         )
 
     @_heartbeat(by="table")
@@ -279,6 +310,7 @@ class SyncRunner:
         try:
             with self.store.begin() as conn:
                 prepare_bulk_transaction(conn)
+                self._check_not_reset(conn, record)
                 ctx = self._write_context(record, table, validator, record.counts.get("planned_after_run"))
                 counts = WRITERS[self.destination.kind](conn, ctx)
                 all_counts = self._counts(record, counts)
@@ -287,13 +319,18 @@ class SyncRunner:
                     "validate": record.counts.get("duration_validate_s", 0.0),
                     "write": round(time.monotonic() - started, 3),
                 }
-                sync_state.set_watermark(conn, self.sync.name, record.next_watermark, record.run_id)
+                sync_state.set_watermark(
+                    conn, self.sync.name, record.next_watermark, record.run_id, self.destination.field_types
+                )
                 sync_state.finish_run(
                     conn, record.run_id, "success", {**all_counts, "duration_write_s": durations["write"]}
                 )
                 preview = sync_state.rejection_preview(
                     conn, self.sync.name, record.run_id, PREVIEW_REJECTED_ROWS
                 )
+        except (RemovalRefused, SyncFailed) as exc:
+            self._fail(record.run_id, str(exc))
+            raise SyncFailed(str(exc)) from None
         except Exception as exc:
             self._fail(record.run_id, f"{type(exc).__name__}: {exc}")
             raise
@@ -311,11 +348,26 @@ class SyncRunner:
             rejected_preview=preview,
         )
 
+    def _check_not_reset(self, conn: sa.Connection, record: sync_state.SyncRunRecord) -> None:
+        """A reset (`conversion-sync resync`) after this run started wins: the run writes nothing, so the reset's
+        empty watermark and fingerprints stay, and the next run reads everything. Holds the sync's state lock
+        until the write commits, so a reset arriving meanwhile waits and applies after it."""
+        sync_state.lock_sync(conn, self.sync.name)
+        reset_at = sync_state.reset_after(conn, self.sync.name, record.started_at)
+        if reset_at is not None:
+            raise SyncFailed(
+                f"sync '{self.sync.name}' was reset (conversion-sync resync) at {reset_at:%Y-%m-%d %H:%M:%S} UTC, "
+                f"after this run started at {record.started_at:%Y-%m-%d %H:%M:%S} UTC: this run wrote nothing, so "
+                "the reset stands; the next run reads everything"
+            )
+
     def _counts(self, record: sync_state.SyncRunRecord, counts: WriteCounts) -> dict[str, int]:
         base = {"queried": record.counts.get("queried", 0), **counts.as_dict()}
         base["rejected"] = record.counts.get("rejected", 0)
         # rows identical to another row with the same key: with the others, every queried row is counted
         base["duplicates_merged"] = record.counts.get("duplicates_merged", 0)
+        if record.counts.get("retyped_fields"):
+            base["retyped_fields"] = record.counts["retyped_fields"]
         order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
         return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
 

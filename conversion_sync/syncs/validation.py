@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from conversion_sync.store import sync_state
+from conversion_sync.store import fingerprints, sync_state
+from conversion_sync.store.contacts import email_invalid_sql, email_key_sql, trimmed_email_sql
 from conversion_sync.store.staging import BAD_TEXT, EMAIL_KEY, FINGERPRINT, ROW_NUMBER, qualified
 from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
 
@@ -101,7 +102,6 @@ def _shown(v: str) -> str:
     return f"quote_literal(left({v}, 80))"
 
 
-_EMAIL_RE = r"^[^@\s[:cntrl:]]+@[^@\s[:cntrl:]]+\.[^@\s[:cntrl:].]+$"
 _INTEGER_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
 _NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]00:00(:00(\.0+)?)?)?(Z|[+-]00(:?00)?)?$"
@@ -113,7 +113,7 @@ _BOOLEAN = "('true', 't', 'yes', 'y', '1', 'false', 'f', 'no', 'n', '0')"
 
 
 def _email_invalid(v: str) -> str:
-    return f"({_nv(v)} !~ '{_EMAIL_RE}' OR length({_nv(v)}) > 254)"
+    return email_invalid_sql(v)
 
 
 def _datetime_invalid(v: str) -> str:
@@ -197,7 +197,7 @@ def rule_for(field_type: str, v: str, label: str) -> Rule:
         return Rule(
             field_type == "email",
             _email_invalid(v),
-            f"btrim({v})",
+            trimmed_email_sql(v),
             f"{lit} || ': ' || {_shown(v)} || ' is not a valid email address'",
         )
     if field_type in ("key", "key_optional"):
@@ -290,6 +290,7 @@ class Validator:
         columns: ColumnMap,
         source_names: list[str],
         source_types: dict[str, str] | None = None,
+        object_type: str | None = None,
     ) -> None:
         self.sync_name = sync_name
         self.run_id = run_id
@@ -299,6 +300,7 @@ class Validator:
         self.columns = columns
         self.source_names = source_names
         self.source_types = source_types or {}
+        self.object_type = object_type
 
     def _rules(self) -> list[tuple[str, str, Rule]]:
         """(field, staged column, rule) in the query's column order."""
@@ -311,13 +313,13 @@ class Validator:
     def row_key_sql(self) -> str:
         """The key as users read it in rejections."""
         c = self.columns.staged
+        email = trimmed_email_sql(c("email")) if c("email") else None
         if self.destination.kind == "contacts":
-            return f"btrim({c('email')})"
+            return str(email)
         if self.destination.kind == "custom_objects":
-            email = c("email")
-            return f"btrim({c('id')})" + (f" || coalesce(' / ' || btrim({email}), '')" if email else "")
+            return f"btrim({c('id')})" + (f" || coalesce(' / ' || {email}, '')" if email else "")
         message_id = c("message_id")
-        return f"coalesce({_nv(message_id)}, btrim({c('email')}))" if message_id else f"btrim({c('email')})"
+        return f"coalesce({_nv(message_id)}, {email})" if message_id else str(email)
 
     def all_keys_select(self) -> str:
         """Every staged row's key, accepted or rejected: a rejected row is not a removed one."""
@@ -453,10 +455,8 @@ class Validator:
         typed_fields = ", ".join(f"{value(f)} AS {col}" for f, col in self.field_columns().items())
         # (an unchanged contact row keeps only its key and fingerprint: reject_duplicates reads its updated_at)
         updated_at = value("updated_at") + "::timestamptz" if "updated_at" in mapped else "NULL::timestamptz"
-        email = self._unless_unchanged(f"btrim({c('email')})") if c("email") else "NULL::text"
-        key = (
-            f"coalesce(s.{EMAIL_KEY}, NULLIF(lower(btrim({c('email')})), ''))" if c("email") else "NULL::text"
-        )
+        email = self._unless_unchanged(trimmed_email_sql(c("email"))) if c("email") else "NULL::text"
+        key = f"coalesce(s.{EMAIL_KEY}, {email_key_sql(c('email'))})" if c("email") else "NULL::text"
         email_norm = self._unless_unchanged(key)
         rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in mapped else "NULL::jsonb"
         object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
@@ -510,7 +510,8 @@ class Validator:
             (f", {key} AS row_key", "") if row_key is None else ("", f", {row_key} AS row_key")
         )
         return f"""
-            SELECT typed.*{outer_key}, NULL::bigint AS contact_id, {action} AS action, false AS skip
+            SELECT typed.*{outer_key}, NULL::bigint AS contact_id, {action} AS action, false AS skip,
+                   false AS declined
             FROM (
                 SELECT s.{ROW_NUMBER} AS row_number, s.problem{inner_key}, {email} AS email,
                        {email_norm} AS email_norm, {updated_at} AS updated_at{", " if typed_fields else ""}{typed_fields},
@@ -522,8 +523,24 @@ class Validator:
             ) typed {join}
         """
 
+    def _staged_keys_select(self) -> str:
+        """SELECT of each staged row's key as the rows table will hold it (contacts and custom objects)."""
+        c = self.columns.staged
+        key = f"coalesce(s.{EMAIL_KEY}, {email_key_sql(c('email'))})" if c("email") else "NULL::text"
+        if self.destination.kind == "custom_objects":
+            key = f"btrim({c('id')}) || {_UNIT_SEPARATOR} || coalesce({key}, '')"
+        return f"SELECT {key} FROM {self.stage} s"
+
     def build_rows(self, conn: sa.Connection) -> int:
-        """One pass over the staged rows: each row's first problem (if any) and its typed values."""
+        """One pass over the staged rows: each row's first problem (if any) and its typed values, planned
+        against the fingerprints whose store records are still as the sync left them."""
+        fingerprints.forget_moved_records(
+            conn,
+            self.sync_name,
+            self.destination.kind,
+            self._staged_keys_select(),
+            {"object_type": self.object_type},
+        )
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.rows}")
         return conn.exec_driver_sql(
             f"CREATE UNLOGGED TABLE {self.rows} AS {self._typed_select()}",

@@ -139,7 +139,10 @@ def test_fingerprints_move_to_one_partition_per_sync_and_keep_matching(empty_dat
 def test_a_syncs_first_fingerprints_become_its_partition_in_one_transaction(store_url: str) -> None:
     """Loaded, indexed and attached inside the caller's transaction: a rollback leaves no partition behind."""
     engine = store_engine(store_url)
-    select = "SELECT 'k' || i AS row_key, i::bigint AS fingerprint FROM generate_series(1, 1000) i"
+    select = (
+        "SELECT 'k' || i AS row_key, i::bigint AS fingerprint, NULL::bigint AS record_version, "
+        "NULL::bigint AS link_version FROM generate_series(1, 1000) i"
+    )
     with engine.connect() as conn, conn.begin() as transaction:
         assert create_partition(conn, "rolled back", select, {}) == 1000
         assert has_partition(conn, "rolled back")

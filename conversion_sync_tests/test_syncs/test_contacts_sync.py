@@ -12,6 +12,7 @@ from conversion_sync.store.staging import qualified, store_lowers_ascii_plainly
 from conversion_sync.store.sync_state import reset_sync
 from conversion_sync.syncs import runner as runner_module
 from conversion_sync.syncs import writers
+from conversion_sync.syncs.runner import SyncFailed
 from conversion_sync.syncs.template import EPOCH
 
 from .conftest import SyncWorld
@@ -134,7 +135,8 @@ def test_resync_resets_watermark_and_fingerprints(world: SyncWorld) -> None:
         assert reset_sync(conn, "people") == (True, 200)
     outcome = runner.run()
     assert outcome.watermark_used == EPOCH
-    assert (outcome.counts["queried"], outcome.counts["added"]) == (200, 200)
+    # the contacts are still as the sync wrote them: read again and compared, nothing is written
+    assert (outcome.counts["queried"], outcome.counts["added"], outcome.counts["unchanged"]) == (200, 0, 200)
     assert world.scalar("SELECT count(*) FROM contacts") == 200
 
 
@@ -219,8 +221,13 @@ def test_a_run_whose_plan_went_stale_plans_again_before_writing(world: SyncWorld
     again.validate(table)  # planned: 205 unchanged
     with store_engine(world.store_url).begin() as conn:
         reset_sync(conn, "people")
-    outcome = again.write(table)
-    assert (outcome.counts["added"], outcome.counts["unchanged"]) == (205, 0)
+    # a reset after the run started wins: the run writes nothing and the next one reads everything
+    with pytest.raises(SyncFailed, match="was reset"):
+        again.write(table)
+    assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 0
+    outcome = world.runner("people").run()
+    assert outcome.watermark_used == EPOCH
+    assert (outcome.counts["added"], outcome.counts["unchanged"]) == (0, 205)
     assert world.scalar("SELECT count(*) FROM sync_fingerprints WHERE sync_name = 'people'") == 205
     if destination == "contacts":
         assert world.scalar("SELECT count(*) FROM contacts") == 205
@@ -243,7 +250,7 @@ def test_a_first_large_load_builds_its_fingerprints_beside_the_write(
         raise RuntimeError("the write fails after the build started")
 
     with monkeypatch.context() as failing:
-        failing.setattr(writers, "_count_actions", fail_after_build)
+        failing.setattr(writers, "_mark_declined", fail_after_build)
         with pytest.raises(RuntimeError):
             world.run("people")
     assert world.scalar("SELECT count(*) FROM sync_fingerprints") == 0
@@ -285,7 +292,7 @@ def test_email_keys_staged_by_duckdb_are_the_stores_own(
     world: SyncWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Staging computes the key of each ASCII e-mail in DuckDB (the store's lower() is a per-character call);
-    the store computes the others. Either way a key is the store's NULLIF(lower(btrim(email)), ''), and a store
+    the store computes the others. Either way a key is the store's conversion_email_key(email), and a store
     whose lower() maps ASCII differently (a Turkish locale) gets every key from itself."""
     world.warehouse(EMAILS)
     world.add_sync("people", "SELECT * FROM people")
@@ -306,7 +313,9 @@ def test_email_keys_staged_by_duckdb_are_the_stores_own(
     runner.write(table)
     assert world.scalar("SELECT count(*) FROM contacts") == 6
     assert (
-        world.sql("SELECT email FROM contacts WHERE email_normalized IS DISTINCT FROM lower(btrim(email))")
+        world.sql(
+            "SELECT email FROM contacts WHERE email_normalized IS DISTINCT FROM conversion_email_key(email)"
+        )
         == []
     )
 
@@ -316,7 +325,8 @@ def test_email_keys_staged_by_duckdb_are_the_stores_own(
     table = runner.query("store-keys")
     assert world.sql(f"SELECT count(*) FROM {qualified(table)} WHERE _email_key IS NOT NULL") == [(0,)]
     runner.validate(table)
-    assert runner.write(table).counts["unchanged"] == 0
+    counts = runner.write(table).counts  # the same values on the same contacts: nothing written
+    assert (counts["added"], counts["changed"], counts["unchanged"]) == (0, 0, 6)
     keys = "SELECT row_key FROM sync_fingerprints WHERE sync_name = %(sync)s ORDER BY row_key"
     assert world.sql(keys, {"sync": "people_again"}) == world.sql(keys, {"sync": "people"})
     assert world.scalar("SELECT count(*) FROM contacts") == 6, "the same six keys matched the same contacts"

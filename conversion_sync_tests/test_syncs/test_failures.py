@@ -84,8 +84,8 @@ def test_failure_during_write_leaves_no_half_written_rows(
 
     real = writers._save_fingerprints
 
-    def crash_after_merge(conn, ctx, counts, build) -> None:  # type: ignore[no-untyped-def]
-        real(conn, ctx, counts, build)
+    def crash_after_merge(*args) -> None:  # type: ignore[no-untyped-def]
+        real(*args)
         raise RuntimeError("disk full (simulated)")
 
     monkeypatch.setattr(writers, "_save_fingerprints", crash_after_merge)
