@@ -37,10 +37,18 @@ from conversion_sync.syncs.validation import (
     WholeRunError,
     email_column,
     fingerprinted_columns,
+    json_object_sql,
     map_columns,
     rows_table,
 )
-from conversion_sync.syncs.writers import WRITERS, RemovalRefused, WriteContext, WriteCounts, row_fields_json
+from conversion_sync.syncs.writers import (
+    WRITERS,
+    RemovalRefused,
+    WriteContext,
+    WriteCounts,
+    contact_fields,
+    row_fields_json,
+)
 from conversion_sync.warehouses import WarehouseError, open_warehouse
 from conversion_sync.warehouses.base import source_type
 
@@ -463,10 +471,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
         ).mappings()
         return [dict(r) for r in rows]
     if kind == "contacts":
-        old = """(SELECT to_jsonb(c) - 'id' - 'field_updated_at' - 'custom_fields' - 'created_at' - 'updated_at'
-                  || c.custom_fields FROM contacts c WHERE c.email_normalized = r.email_norm
-                  ORDER BY c.updated_at DESC LIMIT 1)"""
-        key = "coalesce(r.email, r.row_key)"  # an unchanged row keeps only its key (the normalized e-mail)
+        return _contact_diff(conn, ctx, limit)
     else:
         old = f"""(SELECT o.fields FROM custom_objects o
                    WHERE o.object_type = '{ctx.sync.destination.object_type}' AND o.object_id = r.object_id)"""
@@ -481,7 +486,7 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
             WHERE r.problem IS NULL ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",
         params,
     ).mappings()
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
         entry = {"key": row["key"], "action": row["action"]}
         new, old_values = row["new"] or {}, row["old"] or {}
@@ -489,5 +494,44 @@ def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> l
             entry["fields"] = {k: [old_values.get(k), v] for k, v in new.items() if old_values.get(k) != v}
         elif row["action"] == "add":
             entry["fields"] = new
+        out.append(entry)
+    return out
+
+
+def _contact_diff(conn: sa.Connection, ctx: WriteContext, limit: int) -> list[dict[str, Any]]:
+    """Each contact row as the write would treat it: `add` (a contact created, with its fields), `change` (the
+    fields it changes, [stored, new], by the merge rule and `nulls`), `skip` (by mode) or `unchanged`."""
+    fields = contact_fields(ctx)
+    changes = json_object_sql(
+        [
+            (
+                f.name,
+                f"CASE WHEN {f.applies} THEN jsonb_build_array(to_jsonb({f.stored}), to_jsonb({f.value})) END",
+            )
+            for f in fields
+        ]
+    )
+    skip = {"update": "c.id IS NULL", "insert": "c.id IS NOT NULL"}.get(ctx.sync.mode, "false")
+    applies = " OR ".join(f.applies for f in fields) or "false"
+    rows = conn.exec_driver_sql(
+        f"""SELECT coalesce(w.email, w.row_key) AS key, d.action,
+                   CASE WHEN d.action = 'add' THEN {row_fields_json(ctx, "w")}
+                        WHEN d.action = 'change' THEN jsonb_strip_nulls({changes}) END AS fields
+            FROM (SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts FROM {ctx.rows_table} r
+                  WHERE r.problem IS NULL) w
+            LEFT JOIN LATERAL (SELECT * FROM contacts x WHERE x.email_normalized = w.email_norm
+                               ORDER BY x.updated_at DESC, x.id DESC LIMIT 1) c ON true
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN w.action = 'unchanged' THEN 'unchanged' WHEN {skip} THEN 'skip'
+                            WHEN c.id IS NULL THEN 'add' WHEN {applies} THEN 'change' ELSE 'unchanged' END AS action
+            ) d
+            ORDER BY d.action = 'unchanged', w.row_number LIMIT %(limit)s""",
+        {"limit": limit, "started": ctx.run_started},
+    ).mappings()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        entry: dict[str, Any] = {"key": row["key"], "action": row["action"]}
+        if row["action"] in ("add", "change"):
+            entry["fields"] = row["fields"]
         out.append(entry)
     return out

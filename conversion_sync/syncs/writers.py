@@ -287,7 +287,7 @@ class _ContactField:
         return f"({self.differs} AND NOT {incoming_wins_sql(self.name, 'w.ts')})"
 
 
-def _contact_fields(ctx: WriteContext) -> list[_ContactField]:
+def contact_fields(ctx: WriteContext) -> list[_ContactField]:
     out = []
     for name in ctx.written_fields:
         column = f"w.{ctx.field_columns[name]}"
@@ -459,7 +459,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
             conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NULL")
         elif ctx.sync.mode == "insert":
             conn.exec_driver_sql("UPDATE _writes SET skip = true WHERE contact_id IS NOT NULL")
-        fields = _contact_fields(ctx)
+        fields = contact_fields(ctx)
         counts.added = counts.contacts_created = _insert_contacts(conn, ctx, fields)
         counts.changed = _update_contacts(conn, fields)
         counts.extra["older_than_store"] = _mark_declined(conn, fields)

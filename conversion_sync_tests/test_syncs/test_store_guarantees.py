@@ -54,7 +54,7 @@ def test_an_empty_result_removes_nothing_unless_allowed(world: SyncWorld) -> Non
     world.add_sync("people", "SELECT * FROM people", delete_behavior="delete")
     world.run("people")
     world.warehouse("DELETE FROM people")
-    with pytest.raises(SyncFailed, match="returned no rows.*allow_empty_result: true"):
+    with pytest.raises(SyncFailed, match=r"returned no rows.*allow_empty_result: true"):
         world.run("people")
     assert _contacts(world) == 20
     world.add_sync(
@@ -290,6 +290,10 @@ def test_added_means_created_and_changed_means_a_value_changed(world: SyncWorld)
     assert (outcome.counts["added"], outcome.counts["changed"], outcome.counts["unchanged"]) == (0, 0, 2)
     world.warehouse("UPDATE same SET first_name = 'Other' WHERE email = 'person1@example.com'")
     preview = world.runner("same").preview()
+    assert [(row["key"], row["action"], row.get("fields")) for row in preview.diff] == [
+        ("person1@example.com", "change", {"first_name": ["First1", "Other"]}),
+        ("person2@example.com", "unchanged", None),
+    ]
     outcome = world.run("same")
     assert (outcome.counts["added"], outcome.counts["changed"], outcome.counts["unchanged"]) == (0, 1, 1)
     assert {k: preview.counts[k] for k in ("added", "changed", "unchanged")} == {
