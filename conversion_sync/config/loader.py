@@ -196,6 +196,10 @@ def _cross_check(
             known = ", ".join(sorted(project.warehouses)) or "none defined"
             message = f"unknown warehouse '{sync.warehouse}'; defined in {WAREHOUSES_FILE}: {known}"
         problems.append(ConfigProblem(file, "warehouse", message))
+    else:
+        sync.use_warehouse_kind(
+            project.warehouses[sync.warehouse].type
+        )  # its comment syntax, for `incremental`
     object_type = sync.destination.object_type
     if object_type and object_type not in project.store_schema.object_types:
         known = ", ".join(sorted(project.store_schema.object_types)) or "none defined"
@@ -206,7 +210,11 @@ def _cross_check(
                 f"unknown object type '{object_type}'; defined in {SCHEMA_FILE}: {known}",
             )
         )
-    if sync.delete_behavior != "do_nothing" and sync.incremental:
+    if sync.delete_behavior != "do_nothing" and sync.destination.type == "events":
+        problems.append(
+            ConfigProblem(file, "delete_behavior", "events are history and are never removed; use do_nothing")
+        )
+    elif sync.delete_behavior != "do_nothing" and sync.incremental:
         problems.append(
             ConfigProblem(
                 file,

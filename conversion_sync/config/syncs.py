@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Literal
@@ -111,7 +112,7 @@ class SyncConfig(BaseModel):
     def removal_limit(self, stored_keys: int) -> int:
         """How many of the sync's `stored_keys` one run may remove."""
         count, percent = parse_max_removed(self.max_removed)
-        return count if percent is None else int(stored_keys * percent / 100)
+        return count if percent is None else math.ceil(stored_keys * percent / 100)
 
     @field_validator("schedule", mode="before")
     @classmethod

@@ -316,3 +316,9 @@ def test_nulls_clear_or_keep_a_stored_value(world: SyncWorld, nulls: str, expect
         "SELECT first_name, custom_fields -> 'seats' FROM contacts WHERE email = 'person1@example.com'"
     )
     assert row == [(expected, None if expected is None else 1)]
+
+
+def test_events_cannot_be_removed_by_a_full_sync(world: SyncWorld) -> None:
+    world.add_sync("clicks", "SELECT * FROM clicks", destination={"type": "events"}, delete_behavior="delete")
+    with pytest.raises(AssertionError, match="events are history"):
+        world.project()
