@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -38,6 +39,9 @@ class Warehouse(abc.ABC):
     `close()`. They are not thread-safe: use one per thread, and finish (or `.close()`) one stream
     before starting the next. Errors are `WarehouseConnectionError` or `WarehouseQueryError`, whose
     messages name the warehouse and never contain a resolved secret (driver exceptions are not chained).
+
+    Every session runs in UTC. `query_started_at` is the warehouse's own clock just before the last
+    stream's query ran (read in the same session), which a sync stores as its next watermark.
     """
 
     kind: ClassVar[str]
@@ -45,6 +49,8 @@ class Warehouse(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self._secrets: list[str] = []
+        self.query_started_at: datetime | None = None
+        """The warehouse's clock (UTC) right before the last `stream` ran its query; None before one ran."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -111,6 +117,15 @@ class Warehouse(abc.ABC):
     def _query_error(self, cause: BaseException | str) -> WarehouseQueryError:
         """Build (not raise) the error; raise it `from None` so the driver's message is not chained."""
         return WarehouseQueryError(f"{self._label}: query failed: {self._cause(cause)}")
+
+
+def utc_moment(value: datetime | None) -> datetime | None:
+    """A clock reading as an aware UTC datetime (a naive one is UTC: sessions run in UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def check_batch_rows(batch_rows: int) -> int:

@@ -27,6 +27,7 @@ from conversion_sync.warehouses.base import (
     bounded_batches,
     check_batch_rows,
     plain_arrow_types,
+    utc_moment,
 )
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -56,6 +57,9 @@ class BigQueryWarehouse(Warehouse):
 
     Results are read through the REST API (`RowIterator.to_arrow_iterable()`), one page of at most
     `batch_rows` rows at a time.
+
+    Time zone: BigQuery runs in UTC. `query_started_at` is the query job's creation time on BigQuery's
+    clock (it reads the tables as of its start, which is later).
     """
 
     kind = "bigquery"
@@ -120,6 +124,7 @@ class BigQueryWarehouse(Warehouse):
                 )
             job = client.query(sql, retry=retry)
             rows = job.result(page_size=batch_rows, retry=retry)
+            self.query_started_at = utc_moment(job.created or job.started)
             for batch in bounded_batches(rows.to_arrow_iterable(), batch_rows):
                 yield plain_arrow_types(batch)
         except WarehouseError:

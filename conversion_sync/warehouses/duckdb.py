@@ -16,6 +16,7 @@ from conversion_sync.warehouses.base import (
     bounded_batches,
     check_batch_rows,
     plain_arrow_types,
+    utc_moment,
 )
 
 _IN_MEMORY = ("", ":memory:")
@@ -27,6 +28,8 @@ class DuckDBWarehouse(Warehouse):
     Read-only: the file is opened with `read_only=True`, so DELETE, UPDATE, INSERT and DDL fail
     and change nothing. An in-memory database (`:memory:`) cannot be opened read-only and holds
     no data to sync unless the query reads files itself.
+
+    The session's TimeZone is UTC whatever the process's `TZ` (DuckDB's default is the local zone).
     """
 
     kind = "duckdb"
@@ -40,9 +43,15 @@ class DuckDBWarehouse(Warehouse):
         if self._con is None:
             in_memory = self.path in _IN_MEMORY or self.path.startswith(":memory:")
             try:
-                self._con = duckdb.connect(self.path, read_only=not in_memory)
+                con = duckdb.connect(self.path, read_only=not in_memory)
             except Exception as exc:
                 raise self._connection_error(exc) from None
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+            except Exception as exc:
+                con.close()
+                raise self._connection_error(exc) from None
+            self._con = con
         return self._con
 
     def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -51,6 +60,8 @@ class DuckDBWarehouse(Warehouse):
     def _batches(self, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
         con = self._connect()
         try:
+            ((clock,),) = con.execute("SELECT get_current_timestamp()").fetchall()
+            self.query_started_at = utc_moment(clock)
             relation = con.sql(sql)
             if relation is None:
                 raise self._query_error("the statement returns no result set; a sync query must be a SELECT")

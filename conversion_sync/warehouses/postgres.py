@@ -21,6 +21,7 @@ from conversion_sync.warehouses.base import (
     bounded_batches,
     check_batch_rows,
     plain_arrow_types,
+    utc_moment,
 )
 
 _TYPNAME = b"ADBC:postgresql:typname"
@@ -48,6 +49,10 @@ class PostgresWarehouse(Warehouse):
     data-modifying CTE) fail and change nothing. ADBC prepares each query, so a second statement
     after a `;` is rejected.
 
+    Time zone: the session's TimeZone is UTC (set on connecting, and again for each query's transaction,
+    which holds behind a transaction-pooling proxy too), whatever the database's or role's default.
+    `query_started_at` is `clock_timestamp()` read in the query's transaction just before it runs.
+
     Types: `timestamptz` → timestamp[us, UTC]; `numeric(p,s)` with p ≤ 38 → decimal128(p, s);
     unconstrained `numeric` → string (lossless); `json`/`jsonb` → string; `uuid` → string.
     """
@@ -70,6 +75,7 @@ class PostgresWarehouse(Warehouse):
             try:
                 with conn.cursor() as cur:
                     cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                    cur.execute("SET TIME ZONE 'UTC'")
                 conn.commit()
             except Exception as exc:
                 _close_quietly(conn)
@@ -85,6 +91,8 @@ class PostgresWarehouse(Warehouse):
         try:
             with conn.cursor() as cur:
                 cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute("SELECT set_config('TimeZone', 'UTC', true), clock_timestamp()")
+                self.query_started_at = utc_moment(cur.fetchone()[1])  # type: ignore[index]
                 cur.execute(sql)
                 if not cur.description:
                     raise self._query_error(

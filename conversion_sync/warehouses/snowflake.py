@@ -19,6 +19,7 @@ from conversion_sync.warehouses.base import (
     bounded_batches,
     check_batch_rows,
     plain_arrow_types,
+    utc_moment,
 )
 
 
@@ -37,6 +38,10 @@ class SnowflakeWarehouse(Warehouse):
     Column names: Snowflake folds unquoted identifiers to upper case, so (like the Snowflake
     SQLAlchemy dialect) all-upper-case result columns are lower-cased: `SELECT email` yields
     `email`; quoted mixed- or lower-case names are kept. Timestamps come as microseconds.
+
+    Time zone: the session parameter TIMEZONE is UTC (Snowflake's default is America/Los_Angeles), so
+    TIMESTAMP_LTZ values and literals compare in UTC. `query_started_at` is CURRENT_TIMESTAMP() read in
+    the query's transaction just before it runs.
     """
 
     kind = "snowflake"
@@ -57,6 +62,7 @@ class SnowflakeWarehouse(Warehouse):
             "session_parameters": {
                 "QUERY_TAG": f"conversion_sync:{self.name}",
                 "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW",
+                "TIMEZONE": "UTC",
             }
         }
         if host := self._resolve(c.host):
@@ -107,6 +113,8 @@ class SnowflakeWarehouse(Warehouse):
         cur = conn.cursor()
         try:
             cur.execute("BEGIN")
+            cur.execute("SELECT CURRENT_TIMESTAMP()")
+            self.query_started_at = utc_moment(cur.fetchone()[0])  # type: ignore[index]
             cur.execute(sql)
             chunks: Iterable[pa.Table]
             if cur.rowcount == 0:
