@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from conversion_sync.store.connection import libpq_url
@@ -147,6 +148,7 @@ class BatchTextifier:
         return False
 
     def to_text(self, batch: pa.RecordBatch) -> pa.Table:
+        batch = _readable_by_duckdb(batch)
         if self._selects is None:
             self._selects = self._build_selects(batch)
         careful, plain = self._selects
@@ -173,6 +175,18 @@ class BatchTextifier:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _readable_by_duckdb(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with the columns DuckDB cannot read turned into text here: decimal256 (BigQuery BIGNUMERIC),
+    rendered exactly as its digits with the type's scale, like every other decimal."""
+    wide = [i for i, t in enumerate(batch.schema.types) if pa.types.is_decimal256(t)]
+    if not wide:
+        return batch
+    columns = list(batch.columns)
+    for i in wide:
+        columns[i] = pc.cast(columns[i], pa.string())
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _sql_literal(text: str) -> str:

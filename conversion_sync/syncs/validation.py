@@ -11,6 +11,7 @@ from conversion_sync.store import fingerprints, sync_state
 from conversion_sync.store.contacts import email_invalid_sql, email_key_sql, trimmed_email_sql
 from conversion_sync.store.staging import BAD_TEXT, EMAIL_KEY, FINGERPRINT, ROW_NUMBER, qualified
 from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
+from conversion_sync.warehouses.base import JSON_TEXT, NUMERIC_TEXT
 
 _UNIT_SEPARATOR = "chr(31)"
 _JSON_PAIRS_PER_CALL = 40  # jsonb_build_object takes at most 100 arguments
@@ -246,6 +247,86 @@ def typed_invalid(field_type: str, v: str) -> str | None:
     return None
 
 
+# --- event properties: each extra column keeps its source type's JSON type --------------------------------
+
+_NON_FINITE = "('nan', 'inf', 'infinity')"
+
+
+def property_kind(arrow_type: str) -> str:
+    """The JSON kind of an event property from its column's source type (`source_type` of the warehouse's
+    Arrow field): integer, decimal, float, numeric (exact decimal text), boolean, json, timestamp or string."""
+    if re.fullmatch(r"u?int(8|16|32|64)", arrow_type):
+        return "integer"
+    if arrow_type.startswith("decimal"):
+        return "decimal"
+    if arrow_type in ("halffloat", "float", "double"):
+        return "float"
+    if arrow_type == NUMERIC_TEXT:
+        return "numeric"
+    if arrow_type == "bool":
+        return "boolean"
+    if arrow_type == JSON_TEXT or arrow_type.startswith(_NESTED):
+        return "json"
+    if arrow_type.startswith("timestamp"):
+        return "timestamp"
+    return "string"
+
+
+_NESTED = ("struct", "list", "large_list", "fixed_size_list", "map", "sparse_union", "dense_union")
+
+
+def property_rule(arrow_type: str, v: str, label: str) -> tuple[str, str | None, str]:
+    """(SQL value for jsonb_build_object, SQL true when a present value cannot be stored faithfully or None,
+    message SQL) for the staged text `v` of a property whose column has the source type `arrow_type`.
+
+    Staged text is what the staging step rendered: integers and decimals exactly, floats in their shortest
+    round-trip form ('0.1', '1e+300', 'nan', 'inf'), booleans 'true'/'false', nested values and JSON as JSON
+    text, timestamps in UTC. Numbers become JSON numbers, written without trailing fractional zeros (2.0 from a
+    float column and 2.00 from a DECIMAL(10, 2) both become 2; a column type's scale is no part of the value);
+    NaN and Infinity, which JSON cannot hold, reject the row.
+    """
+    lit = "'" + label.replace("'", "''") + "'"
+    kind = property_kind(arrow_type)
+    if kind == "integer":
+        return f"{v}::numeric", None, "''"
+    if kind == "decimal":
+        return f"trim_scale({v}::numeric)", None, "''"
+    if kind in ("float", "numeric"):
+        return (
+            f"CASE WHEN lower(ltrim({v}, '+-')) NOT IN {_NON_FINITE} THEN trim_scale({v}::numeric) END",
+            f"lower(ltrim({v}, '+-')) IN {_NON_FINITE}",
+            f"{lit} || ': ' || {_shown(v)} || ' is not a finite number (JSON has no NaN or Infinity)'",
+        )
+    if kind == "boolean":
+        return f"{v}::boolean", None, "''"
+    if kind == "json":
+        return (
+            f"CASE WHEN conversion_is_jsonb({v}) THEN {v}::jsonb END",
+            f"NOT conversion_is_jsonb({v})",
+            f"{lit} || ': ' || {_shown(v)} || ' is not valid JSON (JSON has no NaN, Infinity or NUL character)'",
+        )
+    if kind == "timestamp":
+        # 'YYYY-MM-DD HH:MM:SS[.f][+00]' (UTC) → 'YYYY-MM-DDTHH:MM:SS[.f]Z'; years outside 1–9999 (rendered
+        # '275760-…' or '… (BC)') and 'infinity' stay as rendered
+        iso = f"overlay(CASE WHEN right({v}, 3) = '+00' THEN left({v}, -3) ELSE {v} END placing 'T' from 11 for 1) || 'Z'"
+        plain = f"substr({v}, 5, 1) = '-' AND substr({v}, 11, 1) = ' ' AND strpos({v}, '(') = 0"
+        return f"CASE WHEN {plain} THEN {iso} ELSE {v} END", None, "''"
+    return v, None, "''"
+
+
+def derived_message_id_sql(email_key: str, event_name: str, event_ts: str, properties: str) -> str:
+    """The id of an event without `message_id`: md5 of its typed content, not of the sync that read it.
+
+    The e-mail's key (trimmed, lower-cased), the event name, the timestamp as UTC microseconds since the epoch
+    (so '2024-01-01T00:00:00Z' and '2024-01-01 00:00:00+00' agree) and the properties as jsonb text (canonical:
+    keys sorted, no insignificant white space). Numbers of typed columns are written without trailing zeros
+    (see property_rule), so 2, 2.0 and 2.00 agree; inside a JSON value (a `properties` column, a JSON column)
+    numbers keep the digits the JSON was written with, and 1.0 there differs from 1.
+    """
+    micros = f"(extract(epoch FROM ({event_ts})::timestamptz) * 1000000)::bigint"
+    return f"md5(concat_ws({_UNIT_SEPARATOR}, {email_key}, {event_name}, {micros}, ({properties})::text))"
+
+
 # --- the validation pass -----------------------------------------------------------------------------------
 
 
@@ -367,9 +448,19 @@ class Validator:
                         rule.message,
                     )
                 )
-        for name, column in self.columns.properties.items():
-            del name, column  # extra event columns become properties as text: always valid
+        for name, (_, invalid, message) in self._property_rules().items():
+            if invalid is not None:
+                lit = "'" + name.replace("'", "''") + "'"
+                column = self.columns.properties[name]
+                checks.append((lit, f"s.{column} IS NOT NULL AND {invalid}", "invalid_field_value", message))
         return checks
+
+    def _property_rules(self) -> dict[str, tuple[str, str | None, str]]:
+        """Event properties (the extra columns): name → property_rule by the column's source type."""
+        return {
+            name: property_rule(self.source_types.get(name, "string"), f"s.{column}", name)
+            for name, column in self.columns.properties.items()
+        }
 
     def _checked_fields(self) -> dict[str, str]:
         """Fields whose values are checked (their text may be invalid for the field type), with the SQL
@@ -461,16 +552,13 @@ class Validator:
         rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in mapped else "NULL::jsonb"
         object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
         if kind == "events":
-            props_pairs = [(name, f"s.{col}") for name, col in self.columns.properties.items()]
+            props_pairs = [(name, typed) for name, (typed, _, _) in self._property_rules().items()]
             explicit = value("properties") + "::jsonb" if "properties" in mapped else "NULL::jsonb"
             properties = f"coalesce({explicit}, '{{}}'::jsonb) || {json_object_sql(props_pairs)}"
             event_ts = value("timestamp")
             event_name = value("event_name")
             given = value("message_id")
-            message_id = (
-                f"coalesce({given}, md5(concat_ws({_UNIT_SEPARATOR}, %(sync)s::text, {key}, {event_name}, "
-                f"to_char(({event_ts}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), ({properties})::text)))"
-            )
+            message_id = f"coalesce({given}, {derived_message_id_sql(key, event_name, event_ts, properties)})"
             row_key = "message_id"
         else:
             properties, event_ts, event_name, message_id = (

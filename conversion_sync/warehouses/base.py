@@ -158,11 +158,33 @@ def bounded_batches(
         yield pa.RecordBatch.from_pylist([], schema=empty_schema)
 
 
-def plain_arrow_types(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Replace Arrow extension columns (JSON, UUID, opaque driver types) with plain types.
+SOURCE_TYPE = b"conversion_sync:source_type"
+"""Field metadata naming what a text column holds when its Arrow type cannot say: JSON_TEXT or NUMERIC_TEXT."""
+JSON_TEXT = "json"
+"""A JSON document as text (Postgres json/jsonb, DuckDB JSON, Snowflake VARIANT/OBJECT/ARRAY, BigQuery JSON)."""
+NUMERIC_TEXT = "numeric"
+"""An exact decimal number as text, of any size (Postgres numeric and money, DuckDB BIGNUM); may be NaN or inf."""
 
-    JSON and opaque types become their storage (text); UUID becomes its canonical text form.
-    Field metadata is kept. Batches without extension columns are returned unchanged.
+
+def mark_source_type(f: pa.Field, kind: str) -> pa.Field:
+    """The field with its source type recorded (see SOURCE_TYPE)."""
+    return f.with_metadata({**(f.metadata or {}), SOURCE_TYPE: kind.encode()})
+
+
+def source_type(f: pa.Field) -> str:
+    """What a column of a warehouse batch holds: its marked source type (JSON_TEXT, NUMERIC_TEXT), else its
+    Arrow type as text (`int64`, `decimal128(10, 2)`, `struct<…>`)."""
+    marked = (f.metadata or {}).get(SOURCE_TYPE)
+    return marked.decode() if marked else str(f.type)
+
+
+def plain_arrow_types(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Replace Arrow extension columns (JSON, UUID, decimal text) with plain types.
+
+    JSON becomes its text, marked JSON_TEXT; an opaque decimal-as-text type (a Postgres numeric) becomes its
+    text, marked NUMERIC_TEXT; UUID becomes its canonical text form. Field metadata is kept. Any other opaque
+    type (bytes only its database can read) is an error naming the column, rather than a value nobody can
+    read. Batches without extension columns are returned unchanged.
     """
     if not any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):
         return batch
@@ -170,11 +192,35 @@ def plain_arrow_types(batch: pa.RecordBatch) -> pa.RecordBatch:
     columns = []
     for f, column in zip(batch.schema, batch.columns, strict=True):
         if isinstance(f.type, pa.BaseExtensionType):
-            column = _uuid_text(column.storage) if _is_uuid(f.type) else column.storage
+            kind = _extension_kind(f)
+            column = _uuid_text(column.storage) if kind == "uuid" else column.storage
             f = pa.field(f.name, column.type, f.nullable, f.metadata)
+            if kind in (JSON_TEXT, NUMERIC_TEXT):
+                f = mark_source_type(f, kind)
         fields.append(f)
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, batch.schema.metadata))
+
+
+class UnreadableType(ValueError):
+    """A column's type reached Arrow as bytes only its database can read."""
+
+
+def _extension_kind(f: pa.Field) -> str:
+    type_ = f.type
+    if _is_uuid(type_):
+        return "uuid"
+    name = getattr(type_, "extension_name", "")
+    if name == "arrow.json":
+        return JSON_TEXT
+    if name == "arrow.opaque":
+        if type_.type_name == "numeric" and pa.types.is_string(type_.storage_type):
+            return NUMERIC_TEXT
+        raise UnreadableType(
+            f"column {f.name!r} has type {type_.type_name} ({type_.vendor_name}), which arrives only as its "
+            "database's binary form; cast it in the query (to text, for example)"
+        )
+    return "storage"
 
 
 def _is_uuid(type_: pa.DataType) -> bool:

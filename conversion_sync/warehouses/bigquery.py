@@ -22,10 +22,12 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
+    JSON_TEXT,
     Warehouse,
     WarehouseError,
     bounded_batches,
     check_batch_rows,
+    mark_source_type,
     plain_arrow_types,
     utc_moment,
 )
@@ -126,7 +128,7 @@ class BigQueryWarehouse(Warehouse):
             rows = job.result(page_size=batch_rows, retry=retry)
             self.query_started_at = utc_moment(job.created or job.started)
             for batch in bounded_batches(rows.to_arrow_iterable(), batch_rows):
-                yield plain_arrow_types(batch)
+                yield plain_arrow_types(_mark_json(batch))
         except WarehouseError:
             raise
         except _CONNECTION_ERRORS as exc:
@@ -144,6 +146,23 @@ class BigQueryWarehouse(Warehouse):
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
                 client.close()
+
+
+_EXTENSION_NAME = b"ARROW:extension:name"
+_JSON_SQL_TYPE = b"google:sqlType:json"
+
+
+def _mark_json(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """JSON columns (text the client tags `google:sqlType:json` in the field metadata) marked JSON_TEXT."""
+    marks = [
+        i for i, f in enumerate(batch.schema) if (f.metadata or {}).get(_EXTENSION_NAME) == _JSON_SQL_TYPE
+    ]
+    if not marks:
+        return batch
+    schema = batch.schema
+    for i in marks:
+        schema = schema.set(i, mark_source_type(schema.field(i), JSON_TEXT))
+    return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
 
 
 def _credentials_info(text: str) -> dict[str, Any] | None:

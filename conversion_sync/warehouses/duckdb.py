@@ -11,10 +11,13 @@ import pyarrow as pa
 from conversion_sync.config.warehouses import DuckDBWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
+    JSON_TEXT,
+    NUMERIC_TEXT,
     Warehouse,
     WarehouseError,
     bounded_batches,
     check_batch_rows,
+    mark_source_type,
     plain_arrow_types,
     utc_moment,
 )
@@ -65,9 +68,13 @@ class DuckDBWarehouse(Warehouse):
             relation = con.sql(sql)
             if relation is None:
                 raise self._query_error("the statement returns no result set; a sync query must be a SELECT")
+            relation, marks = _faithful(relation)
             reader = _arrow_reader(relation, batch_rows)
             with reader, contextlib.closing(_ScannedBlocks(con)) as scanned:
+                schema = _marked(reader.schema, marks)
                 for batch in bounded_batches(reader, batch_rows, reader.schema):
+                    if marks:
+                        batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
                     yield plain_arrow_types(batch)
                     scanned.release()
         except WarehouseError:
@@ -113,6 +120,55 @@ class _ScannedBlocks:
 
     def close(self) -> None:
         self._side.close()
+
+
+_TEXT_TYPES = ("TIME WITH TIME ZONE", "BIT")
+"""DuckDB types whose Arrow form loses something (TIMETZ its offset; BIT comes as DuckDB's internal bytes): read
+as their text."""
+_NUMERIC_TYPES = ("BIGNUM", "VARINT")
+"""Integers of any size (Arrow form: DuckDB's internal bytes): read as their decimal text, marked NUMERIC_TEXT."""
+
+
+def _faithful(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelation, dict[int, str]]:
+    """The relation with the columns Arrow cannot carry faithfully converted in DuckDB, and the source types to
+    mark on the result's fields (column index → JSON_TEXT or NUMERIC_TEXT). Nested values holding such a type
+    become JSON. A relation without them is returned as it is."""
+    exprs: list[str | None] = []
+    marks: dict[int, str] = {}
+    for i, type_ in enumerate(relation.types):
+        text = str(type_)
+        column = f"#{i + 1}"
+        if text == "JSON":
+            marks[i] = JSON_TEXT
+            exprs.append(None)
+        elif text in _TEXT_TYPES:
+            exprs.append(f"CAST({column} AS VARCHAR)")
+        elif text in _NUMERIC_TYPES:
+            marks[i] = NUMERIC_TEXT
+            exprs.append(f"CAST({column} AS VARCHAR)")
+        elif text != type_.id.upper() and any(t in text for t in (*_TEXT_TYPES, *_NUMERIC_TYPES)):
+            # a STRUCT/LIST/MAP/UNION holding one: its JSON (to_json renders them as text or numbers)
+            marks[i] = JSON_TEXT
+            exprs.append(f"CAST(to_json({column}) AS VARCHAR)")
+        else:
+            exprs.append(None)
+    if all(expr is None for expr in exprs):
+        return relation, marks
+    names = relation.columns
+    projection = ", ".join(
+        f"{expr or f'#{i + 1}'} AS {_quote_ident(names[i])}" for i, expr in enumerate(exprs)
+    )
+    return relation.project(projection), marks
+
+
+def _marked(schema: pa.Schema, marks: dict[int, str]) -> pa.Schema:
+    for i, kind in marks.items():
+        schema = schema.set(i, mark_source_type(schema.field(i), kind))
+    return schema
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _arrow_reader(relation: duckdb.DuckDBPyRelation, batch_rows: int) -> pa.RecordBatchReader:

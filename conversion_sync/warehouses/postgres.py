@@ -54,7 +54,10 @@ class PostgresWarehouse(Warehouse):
     `query_started_at` is `clock_timestamp()` read in the query's transaction just before it runs.
 
     Types: `timestamptz` → timestamp[us, UTC]; `numeric(p,s)` with p ≤ 38 → decimal128(p, s);
-    unconstrained `numeric` → string (lossless); `json`/`jsonb` → string; `uuid` → string.
+    unconstrained `numeric` → string marked NUMERIC_TEXT (lossless); `json`/`jsonb` → string marked JSON_TEXT;
+    `uuid` → string. Types ADBC cannot carry faithfully are converted in SQL (see `faithful_query`): the
+    query's result columns are described first (one prepare, nothing runs), and only when one needs it is the
+    query wrapped.
     """
 
     kind = "postgres"
@@ -93,7 +96,7 @@ class PostgresWarehouse(Warehouse):
                 cur.execute("SET TRANSACTION READ ONLY")
                 cur.execute("SELECT set_config('TimeZone', 'UTC', true), clock_timestamp()")
                 self.query_started_at = utc_moment(cur.fetchone()[1])  # type: ignore[index]
-                cur.execute(sql)
+                cur.execute(faithful_query(sql, cur.adbc_execute_schema(sql)))
                 if not cur.description:
                     raise self._query_error(
                         "the statement returns no result set; a sync query must be a SELECT"
@@ -138,6 +141,69 @@ class PostgresWarehouse(Warehouse):
         if self._conn is not None:
             conn, self._conn = self._conn, None
             _close_quietly(conn)
+
+
+_PG_TYPE = b"POSTGRESQL:type"
+_PLAIN_ELEMENT = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_date,
+    pa.types.is_timestamp,
+    pa.types.is_time,
+)
+
+
+def faithful_query(sql: str, schema: pa.Schema) -> str:
+    """The query, wrapped so that every result column ADBC cannot carry faithfully is converted in SQL.
+
+    `schema` is the query's described result (`adbc_execute_schema`). ADBC reads `money` as an integer of
+    cents, and inet, cidr, macaddr(8), the geometric types, timetz, bit, ranges, tsvector and other types it
+    does not know as their binary wire form; an anonymous record fails the read. So: money → numeric (exact,
+    without currency symbol or lc_monetary's separators); composite and record values, and arrays of anything
+    but plain scalars → `to_jsonb` (JSON objects and arrays); interval and the types ADBC sees as bytes →
+    their canonical text. Without such a column the query runs as it is.
+    """
+    exprs = []
+    for i, f in enumerate(schema):
+        exprs.append(_faithful_expr(f, f"q.c{i}"))
+    if not any(expr is not None for expr in exprs):
+        return sql
+    select = ", ".join(
+        f"{expr or f'q.c{i}'} AS {_quote_ident(f.name)}"
+        for i, (f, expr) in enumerate(zip(schema, exprs, strict=True))
+    )
+    aliases = ", ".join(f"c{i}" for i in range(len(exprs)))
+    body = sql.rstrip().rstrip(";").rstrip()
+    # the newline ends a trailing `--` comment
+    return f"SELECT {select} FROM (\n{body}\n) AS q({aliases})"
+
+
+def _faithful_expr(f: pa.Field, column: str) -> str | None:
+    pg_type = (f.metadata or {}).get(_PG_TYPE, b"")
+    type_ = f.type
+    if pg_type == b"money":
+        return f"{column}::numeric"
+    if pg_type == b"_money":
+        return f"to_jsonb({column}::numeric[])"
+    if pa.types.is_struct(type_):
+        return f"to_jsonb({column})"
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        element = type_.value_type
+        if isinstance(element, pa.BaseExtensionType) or not any(is_(element) for is_ in _PLAIN_ELEMENT):
+            return f"to_jsonb({column})"
+        return None
+    if pa.types.is_interval(type_):
+        return f"{column}::text"
+    if getattr(type_, "extension_name", "") == "arrow.opaque" and not pa.types.is_string(type_.storage_type):
+        return f"{column}::text"
+    return None
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _converter(schema: pa.Schema) -> dict[int, pa.DataType]:

@@ -14,10 +14,12 @@ from snowflake.connector.errors import NotSupportedError
 from conversion_sync.config.warehouses import SnowflakeWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
+    JSON_TEXT,
     Warehouse,
     WarehouseError,
     bounded_batches,
     check_batch_rows,
+    mark_source_type,
     plain_arrow_types,
     utc_moment,
 )
@@ -124,7 +126,7 @@ class SnowflakeWarehouse(Warehouse):
             names: list[str] | None = None
             for batch in bounded_batches(chunks, batch_rows):
                 names = names or _unfold_names(batch.schema.names)
-                yield plain_arrow_types(batch.rename_columns(names))
+                yield plain_arrow_types(_mark_json(batch.rename_columns(names)))
         except NotSupportedError:
             raise self._query_error(
                 "the statement returns no result set; a sync query must be a SELECT (its changes were rolled back)"
@@ -152,6 +154,24 @@ class SnowflakeWarehouse(Warehouse):
         if conn is not None:
             with suppress(Exception):
                 conn.close()
+
+
+_JSON_LOGICAL_TYPES = (b"VARIANT", b"OBJECT", b"ARRAY")
+
+
+def _mark_json(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """VARIANT, OBJECT and ARRAY columns (JSON text, `logicalType` in the field metadata) marked JSON_TEXT."""
+    marks = [
+        i
+        for i, f in enumerate(batch.schema)
+        if (f.metadata or {}).get(b"logicalType") in _JSON_LOGICAL_TYPES and pa.types.is_string(f.type)
+    ]
+    if not marks:
+        return batch
+    schema = batch.schema
+    for i in marks:
+        schema = schema.set(i, mark_source_type(schema.field(i), JSON_TEXT))
+    return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
 
 
 def _unfold_names(names: list[str]) -> list[str]:

@@ -89,7 +89,7 @@ def test_events_dedup_across_runs_and_syncs_and_derive_ids(world: SyncWorld) -> 
         "timestamp": "timestamp is missing (null or empty)",
     }
     assert dict(world.sql("SELECT column_name, message FROM sync_rejections")) == messages
-    assert world.scalar("SELECT properties FROM events WHERE message_id = 'm1'") == {"amount": "10.5"}
+    assert world.scalar("SELECT properties FROM events WHERE message_id = 'm1'") == {"amount": 10.5}
 
     # Re-reading the same rows (an overlap window) and a second sync sending the same ids add nothing.
     again = world.run("orders")
