@@ -79,8 +79,12 @@ class StagedColumns:
 class BatchTextifier:
     """Turns any Arrow batch into all-text columns, vectorised in DuckDB.
 
-    Nested values (structs, lists, maps) become JSON text; timestamps are rendered in UTC; text with a
-    NUL byte is flagged per row (the row is rejected later) and the NUL removed so the batch can be staged.
+    Each value's text is exact: integers and decimals digit for digit (decimals with their type's scale), floats
+    in their shortest round-trip form ('0.1', '1e+300'; 'nan', 'inf' and '-inf' for what JSON cannot hold),
+    booleans 'true'/'false', nested values (structs, lists, maps) as JSON text, bytes as upper-case hex
+    ('DEADBEEF'), timestamps in UTC ('2024-01-02 03:04:05.123456', '…+00' when the type has a time zone).
+    Validation reads the text back with each column's source type. Text with a NUL byte is flagged per row
+    (the row is rejected later) and the NUL removed so the batch can be staged.
     Each row's fingerprint (of the columns at `fingerprint_columns`, as staged) is computed here too,
     vectorised, instead of row by row in the store, and so is the key of the e-mail at `email_column`.
     """

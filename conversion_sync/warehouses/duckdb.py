@@ -152,9 +152,10 @@ def _faithful(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelatio
             exprs.append(f"CAST(to_json({column}) AS VARCHAR)")
         else:
             exprs.append(None)
-    if all(expr is None for expr in exprs):
-        return relation, marks
     names = relation.columns
+    if all(expr is None for expr in exprs) or len({n.lower() for n in names}) < len(names):
+        # (a projection would rename a repeated column name, which the sync must report instead)
+        return relation, marks
     projection = ", ".join(
         f"{expr or f'#{i + 1}'} AS {_quote_ident(names[i])}" for i, expr in enumerate(exprs)
     )
