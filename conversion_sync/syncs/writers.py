@@ -208,9 +208,13 @@ def _save_fingerprints(
 
 def _plan_removed(conn: sa.Connection, ctx: WriteContext, plan: Plan) -> int:
     """Create _removed: keys this sync wrote before that the full query no longer returns; apply the guard."""
-    stored = conn.exec_driver_sql(
-        "SELECT count(*) FROM sync_fingerprints WHERE sync_name = %(sync)s", _params(ctx)
-    ).scalar_one()
+    stored = (
+        conn.exec_driver_sql(
+            "SELECT count(*) FROM sync_fingerprints WHERE sync_name = %(sync)s", _params(ctx)
+        ).scalar_one()
+        if ctx.full_sync
+        else 0
+    )
     if not ctx.full_sync or plan.stored == stored:
         # every stored key is among the accepted rows (each matched one, and they have distinct keys)
         conn.exec_driver_sql("CREATE TEMP TABLE _removed (row_key text) ON COMMIT DROP")
