@@ -70,16 +70,9 @@ object_relationships = sa.Table(
     metadata,
     sa.Column("object_type", sa.Text, primary_key=True),
     sa.Column("object_id", sa.Text, primary_key=True),
-    sa.Column(
-        "contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("contact_id", sa.BigInteger, primary_key=True),  # contacts.id; no foreign keys: see migration 0005
     sa.Column("fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     *_timestamps(),
-    sa.ForeignKeyConstraint(
-        ["object_type", "object_id"],
-        ["custom_objects.object_type", "custom_objects.object_id"],
-        ondelete="CASCADE",
-    ),
     sa.Index("object_relationships_contact", "contact_id"),
 )
 
