@@ -1,4 +1,4 @@
-"""Store campaigns (SPEC §6): campaign types and their statuses, campaigns and their Salesforce link, members."""
+"""Store campaigns: campaign types and their statuses, campaigns and their Salesforce link, members."""
 
 from __future__ import annotations
 
@@ -164,6 +164,14 @@ _CAMPAIGN_SELECT = """
     FROM campaigns c JOIN campaign_types t ON t.id = c.campaign_type_id"""
 
 
+CAMPAIGN_BY_NAME_SQL = f"{_CAMPAIGN_SELECT} WHERE c.name = :name"
+ALL_CAMPAIGNS_SQL = f"{_CAMPAIGN_SELECT} ORDER BY c.name"
+LINKED_CAMPAIGNS_SQL = f"{_CAMPAIGN_SELECT} WHERE c.salesforce_link <> 'none' ORDER BY c.id"
+NAMED_LINKED_CAMPAIGNS_SQL = (
+    f"{_CAMPAIGN_SELECT} WHERE c.salesforce_link <> 'none' AND c.name = ANY(:names) ORDER BY c.id"
+)
+
+
 def _campaign(row: Any) -> Campaign:
     return Campaign(
         id=row[0],
@@ -231,7 +239,7 @@ def _ensure_unlinked_elsewhere(conn: sa.Connection, sf_id: str | None, name: str
 
 
 def get_campaign(conn: sa.Connection, name: str) -> Campaign:
-    row = conn.execute(sa.text(f"{_CAMPAIGN_SELECT} WHERE c.name = :name"), {"name": name}).first()
+    row = conn.execute(sa.text(CAMPAIGN_BY_NAME_SQL), {"name": name}).first()
     if row is None:
         known = ", ".join(c.name for c in list_campaigns(conn)) or "none yet"
         raise CampaignError(f"unknown campaign '{name}'; known campaigns: {known}")
@@ -239,20 +247,16 @@ def get_campaign(conn: sa.Connection, name: str) -> Campaign:
 
 
 def list_campaigns(conn: sa.Connection) -> list[Campaign]:
-    return [_campaign(row) for row in conn.execute(sa.text(f"{_CAMPAIGN_SELECT} ORDER BY c.name")).all()]
+    return [_campaign(row) for row in conn.execute(sa.text(ALL_CAMPAIGNS_SQL)).all()]
 
 
 def linked_campaigns(conn: sa.Connection, names: Sequence[str] | None = None) -> list[Campaign]:
     """Campaigns linked to Salesforce (existing or create), optionally only those named."""
-    where = "WHERE c.salesforce_link <> 'none'"
-    params: dict[str, Any] = {}
-    if names is not None:
-        where += " AND c.name = ANY(:names)"
-        params["names"] = list(names)
-    return [
-        _campaign(row)
-        for row in conn.execute(sa.text(f"{_CAMPAIGN_SELECT} {where} ORDER BY c.id"), params).all()
-    ]
+    if names is None:
+        rows = conn.execute(sa.text(LINKED_CAMPAIGNS_SQL)).all()
+    else:
+        rows = conn.execute(sa.text(NAMED_LINKED_CAMPAIGNS_SQL), {"names": list(names)}).all()
+    return [_campaign(row) for row in rows]
 
 
 def link_campaign(conn: sa.Connection, name: str, link: str, salesforce_id: str | None = None) -> Campaign:
@@ -311,7 +315,7 @@ def add_member(
     status: str | None = None,
     identity: IdentityMatcher | None = None,
 ) -> MemberChange:
-    """Add a contact (matched or created by email, SPEC §5) to a campaign, or change its status.
+    """Add a contact (matched or created by email) to a campaign, or change its status.
 
     A changed status moves the member's updated_at, so the next reconciliation pushes it (store side newer).
     """
