@@ -1,9 +1,14 @@
 """Store campaigns and their two-way reconciliation with linked Salesforce campaigns.
 
-`store_campaigns` holds the store side (campaign types, campaigns, their Salesforce link, members); the
-reconciliation is `reconciler.CampaignReconciler`, built from `import_members` (Salesforce → store),
-`push_members` (store → Salesforce), `lead_jobs` (Leads for contacts without a Salesforce record) and
-`member_errors` (what could not be reconciled, kept per run).
+- `store_campaigns`: the store side: campaign types, campaigns, their Salesforce link, members (what the CLI
+  uses; its names are re-exported here).
+- `reconciler`: `CampaignReconciler`, the run: the lock, then one campaign at a time, built from
+  - `salesforce_campaign`: the linked Salesforce campaign, its member statuses and members;
+  - `import_members`: Salesforce → store, one set-based transaction per campaign;
+  - `push_members`: store → Salesforce, new members and changed statuses;
+  - `lead_jobs`: Leads for contacts without a Salesforce record, and the jobs that create them;
+  - `member_errors`: what could not be reconciled, kept per run;
+  - `salesforce_writes`: collections of 200 or one Bulk API 2.0 job; `outcomes`: what a run reports.
 """
 
 from conversion_sync.salesforce.campaigns.store_campaigns import (
