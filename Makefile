@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 export CONVERSION_SYNC_DATA_DIR ?= $(CURDIR)/.data
 export CONVERSION_SYNC_CONFIG ?= $(CURDIR)/syncs
 
+# Everything make runs is local: the embedded store and the stand-ins may start. Elsewhere the default is
+# production, where a missing CONVERSION_STORE_URL is an error.
+dev test test-reliability bench stop: export CONVERSION_SYNC_ENV := local
+
 .PHONY: dev test browser test-reliability bench lint stop clean
 
 $(STAMP): pyproject.toml
@@ -17,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 dev: $(STAMP)
-	$(BIN)/python -m conversion_sync.dev.launcher
+	$(BIN)/python -m conversion_sync_dev.launcher
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest

@@ -22,8 +22,8 @@ warnings.filterwarnings("ignore")
 
 from bench.data import build_warehouse  # noqa: E402
 from bench.paths import write_config  # noqa: E402
-from conversion_sync.dev.embedded_postgres import start_embedded_postgres  # noqa: E402
 from conversion_sync.store.migrate import migrate_store  # noqa: E402
+from conversion_sync_dev.embedded_postgres import start_embedded_postgres  # noqa: E402
 
 RESULTS_FILE = Path(__file__).parent / "RESULTS.md"
 
@@ -99,7 +99,7 @@ def salesforce_paths(
         [
             sys.executable,
             "-m",
-            "conversion_sync.dev.salesforce_standin",
+            "conversion_sync_dev.salesforce_standin",
             "--port",
             str(port),
             "--state-dir",

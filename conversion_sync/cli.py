@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import click
@@ -15,7 +16,20 @@ from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.syncs.template import format_timestamp
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group; a store or environment that is not set up is an error message, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from conversion_sync.config.environment import UnknownEnvironment
+        from conversion_sync.store.connection import StoreNotConfigured
+
+        try:
+            return super().invoke(ctx)
+        except (StoreNotConfigured, UnknownEnvironment) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main)
 @click.option(
     "--config",
     "config_dir",
@@ -226,15 +240,32 @@ def migrate() -> None:
 
 @main.group()
 def store() -> None:
-    """The embedded Postgres (used when CONVERSION_STORE_URL is unset)."""
+    """The embedded Postgres, local only (CONVERSION_SYNC_ENV=local, as make dev and the tests set)."""
+    from conversion_sync.config.environment import ENV_VAR, environment
+    from conversion_sync.store.connection import STORE_URL_ENV
+
+    if environment() != "local":
+        raise click.ClickException(
+            f"the embedded store is local only ({ENV_VAR}=local, as make dev and make test set); "
+            f"in production the contact store is the Postgres at {STORE_URL_ENV}"
+        )
+
+
+def _embedded_postgres() -> ModuleType:
+    """The embedded store's launcher module, or a clean error when the dev extra is not installed."""
+    from conversion_sync.store.connection import DEV_EXTRA_HINT
+
+    try:
+        from conversion_sync_dev import embedded_postgres
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(DEV_EXTRA_HINT) from exc
+    return embedded_postgres
 
 
 @store.command("start")
 def store_start() -> None:
     """Start the embedded Postgres (or join a running one) and print the store URL."""
-    from conversion_sync.dev.embedded_postgres import start_embedded_postgres
-
-    click.echo(start_embedded_postgres())
+    click.echo(_embedded_postgres().start_embedded_postgres())
 
 
 @store.command("url")
@@ -243,19 +274,18 @@ def store_start() -> None:
 )
 def store_url(database: str) -> None:
     """Print a database URL on the embedded Postgres, starting it if needed."""
-    from conversion_sync.dev.embedded_postgres import DAGSTER_DATABASE, dagster_storage_url, embedded_url
-
-    click.echo(dagster_storage_url() if database == DAGSTER_DATABASE else embedded_url(database))
+    embedded = _embedded_postgres()
+    if database == embedded.DAGSTER_DATABASE:
+        click.echo(embedded.dagster_storage_url())
+    else:
+        click.echo(embedded.embedded_url(database))
 
 
 @store.command("stop")
 def store_stop() -> None:
     """Stop the embedded Postgres."""
-    from conversion_sync.dev.embedded_postgres import stop_embedded_postgres
-
-    click.echo(
-        "embedded Postgres stopped" if stop_embedded_postgres() else "embedded Postgres was not running"
-    )
+    stopped = _embedded_postgres().stop_embedded_postgres()
+    click.echo("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
 
 
 # -- campaigns (SPEC §6) -------------------------------------------------------------------------

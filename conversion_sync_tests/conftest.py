@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -12,8 +13,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conversion_sync.config.environment import ENV_VAR
 from conversion_sync.store.connection import STORE_URL_ENV, store_engine
 from conversion_sync.store.migrate import migrate_store
+
+# The tests run locally (also under a plain `pytest`): the embedded store and the stand-ins may start.
+os.environ.setdefault(ENV_VAR, "local")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "syncs"

@@ -1,4 +1,4 @@
-"""Where the contact store is: CONVERSION_STORE_URL, or the embedded Postgres; SQLAlchemy engines for it."""
+"""Where the contact store is (CONVERSION_STORE_URL; locally, else the embedded Postgres) and its engines."""
 
 from __future__ import annotations
 
@@ -8,17 +8,55 @@ from functools import cache
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from conversion_sync.config.environment import ENV_VAR, environment
+
 STORE_URL_ENV = "CONVERSION_STORE_URL"
+
+DEV_EXTRA_HINT = (
+    "the embedded store comes with the dev extra: pip install 'conversion_sync[dev]' (make dev does)"
+)
+
+
+class StoreNotConfigured(RuntimeError):
+    """No contact store to connect to: CONVERSION_STORE_URL unset in production, or no embedded store locally."""
+
+
+def check_store_configured() -> None:
+    """Raise StoreNotConfigured when this environment has no store: production without CONVERSION_STORE_URL.
+
+    Starts nothing, so it suits a load-time check (the code location, a command's start).
+    """
+    if not os.environ.get(STORE_URL_ENV) and environment() != "local":
+        raise StoreNotConfigured(
+            f"{STORE_URL_ENV} is not set: in production ({ENV_VAR} unset or 'production') the contact store "
+            f"is an external Postgres, so set {STORE_URL_ENV}=postgresql://USER:PASSWORD@HOST:5432/DATABASE. "
+            f"To run locally with the embedded store, set {ENV_VAR}=local (make dev and make test do)."
+        )
 
 
 def resolve_store_url() -> str:
-    """The contact store's Postgres URL: the environment's, else the embedded server's (started if needed)."""
+    """The contact store's Postgres URL: CONVERSION_STORE_URL; locally without it, the embedded server's
+    (started if needed). In production without it: StoreNotConfigured, and nothing is started."""
     url = os.environ.get(STORE_URL_ENV)
     if url:
         return url
-    from conversion_sync.dev.embedded_postgres import start_embedded_postgres
+    check_store_configured()
+    return _embedded_store_url()
 
-    return start_embedded_postgres()
+
+def _embedded_store_url() -> str:
+    """Start (or join) the embedded store from the conversion_sync_dev package, installed by the dev extra."""
+    try:
+        from conversion_sync_dev.embedded_postgres import start_embedded_postgres
+
+        return start_embedded_postgres()
+    except ModuleNotFoundError as exc:
+        if exc.name not in _DEV_EXTRA_MODULES:
+            raise
+        raise StoreNotConfigured(f"{STORE_URL_ENV} is not set and {DEV_EXTRA_HINT}") from exc
+
+
+_DEV_EXTRA_MODULES = ("conversion_sync_dev", "conversion_sync_dev.embedded_postgres", "pgserver")
 
 
 def sqlalchemy_url(url: str) -> str:

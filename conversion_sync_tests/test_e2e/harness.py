@@ -1,4 +1,4 @@
-"""Run `dagster dev` the way `make dev` does, in a temp dir on a free port, and drive it: GraphQL and Chromium."""
+"""Run the Dagster UI (`dg dev`) the way `make dev` does, in a temp dir on a free port, and drive it: GraphQL and Chromium."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,13 +19,15 @@ from typing import Any
 import requests
 from dagster_graphql import DagsterGraphQLClient
 
-from conversion_sync.dev.demo_warehouse import seed_demo_warehouse
-from conversion_sync.dev.embedded_postgres import (
+from conversion_sync.config.environment import ENV_VAR
+from conversion_sync.store.migrate import migrate_store
+from conversion_sync_dev.demo_warehouse import seed_demo_warehouse
+from conversion_sync_dev.embedded_postgres import (
     dagster_storage_url,
     start_embedded_postgres,
     stop_embedded_postgres,
 )
-from conversion_sync.store.migrate import migrate_store
+from conversion_sync_dev.launcher import dagster_ui_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "conversion_sync"
@@ -73,7 +74,7 @@ def free_port() -> int:
 
 @dataclass
 class DagsterDev:
-    """A running `dagster dev` (webserver, daemon, code server) and what it runs on."""
+    """A running `dg dev` (webserver, daemon, code server) and what it runs on."""
 
     url: str
     port: int
@@ -105,7 +106,7 @@ class DagsterDev:
         return "\n".join(text.splitlines()[-lines:])
 
     def fail(self, message: str) -> HarnessError:
-        return HarnessError(f"{message}\n--- dagster dev log (tail) ---\n{self.log_tail()}")
+        return HarnessError(f"{message}\n--- dg dev log (tail) ---\n{self.log_tail()}")
 
     def wait_until_ready(self, timeout: float) -> None:
         """Until the webserver answers, the code location is loaded and the daemons are healthy."""
@@ -113,7 +114,7 @@ class DagsterDev:
         last = "not started"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise self.fail(f"dagster dev exited with code {self.process.returncode}")
+                raise self.fail(f"dg dev exited with code {self.process.returncode}")
             try:
                 last = self._readiness()
             except (requests.RequestException, HarnessError) as exc:
@@ -121,7 +122,7 @@ class DagsterDev:
             if last == "ready":
                 return
             time.sleep(0.5)
-        raise self.fail(f"dagster dev was not ready after {timeout:.0f}s: {last}")
+        raise self.fail(f"dg dev was not ready after {timeout:.0f}s: {last}")
 
     def _readiness(self) -> str:
         data = self.graphql(
@@ -168,6 +169,7 @@ def _dagster_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
     env.update(
         {
+            ENV_VAR: "local",
             "CONVERSION_SYNC_DATA_DIR": str(data_dir),
             "CONVERSION_SYNC_CONFIG": str(config_dir),
             "CONVERSION_STORE_URL": store_url,
@@ -189,11 +191,11 @@ def dagster_dev(
     extra_env: dict[str, str] | None = None,
     startup_timeout: float = 120,
 ) -> Iterator[DagsterDev]:
-    """`make dev` in `base_dir`: embedded store, migrations, demo warehouse, then `dagster dev` on a free port.
+    """`make dev` in `base_dir`: embedded store, migrations, demo warehouse, then `dg dev` on a free port.
 
     DAGSTER_HOME is `base_dir/home` holding a copy of the repo's dagster.yaml (Postgres storage, queued runs),
     so the repo's own folder is never written to. Everything stops on exit, also when the body raised:
-    the whole `dagster dev` process group, any process still carrying this DAGSTER_HOME, and the Postgres.
+    the whole `dg dev` process group, any process still carrying this DAGSTER_HOME, and the Postgres.
     """
     data_dir, home = base_dir / "data", base_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -206,16 +208,7 @@ def dagster_dev(
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = _dagster_env(data_dir, home, config_dir, store_url, url, extra_env or {})
-        command = [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            str(REPO_ROOT / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ]
+        command = dagster_ui_command("127.0.0.1", port)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -232,7 +225,7 @@ def dagster_dev(
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float = 20) -> None:
-    """SIGTERM the process group `process` leads (dagster dev and its children), then SIGKILL what is left."""
+    """SIGTERM the process group `process` leads (dg dev and its children), then SIGKILL what is left."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

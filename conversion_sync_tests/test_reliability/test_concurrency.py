@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from conversion_sync.config import load_project_config
-from conversion_sync.dev.salesforce_standin import Org, StandinServer
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.client import SalesforceResource
 from conversion_sync.salesforce.poller import SalesforcePoller
@@ -18,6 +17,7 @@ from conversion_sync.store.connection import store_engine
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.syncs.runner import SyncRunner
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 from conversion_sync_tests.test_syncs.conftest import SyncWorld, store_snapshot
 
 from .conftest import Child, Figures, StoreFactory, poll_command, sync_command

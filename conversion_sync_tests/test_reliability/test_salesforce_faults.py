@@ -13,8 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from conversion_sync.config.salesforce import SalesforceConfig
-from conversion_sync.dev.salesforce_standin import Org
-from conversion_sync.dev.salesforce_standin.org import FAULT_KINDS
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.campaigns import create_campaign, create_campaign_type
 from conversion_sync.salesforce.client import SalesforceApiError, SalesforceResource
@@ -23,6 +21,8 @@ from conversion_sync.salesforce.reconcile import CampaignReconciler, ReconcileOu
 from conversion_sync.store.connection import store_engine
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync_dev.salesforce_standin import Org
+from conversion_sync_dev.salesforce_standin.org import FAULT_KINDS
 
 from .conftest import Figures, StoreFactory
 

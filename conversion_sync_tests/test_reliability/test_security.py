@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from conversion_sync.cli import main as cli
 from conversion_sync.config import load_project_config
 from conversion_sync.definitions import build_definitions
-from conversion_sync.dev import launcher
-from conversion_sync.dev.salesforce_standin import Org, StandinServer
 from conversion_sync.store.connection import STORE_URL_ENV
 from conversion_sync.syncs.runner import SyncFailed
 from conversion_sync.syncs.template import render_query
+from conversion_sync_dev import launcher
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 from conversion_sync_tests.conftest import REPO_ROOT, create_database, drop_database
 from conversion_sync_tests.test_syncs.conftest import SyncWorld
 
@@ -306,7 +306,7 @@ def test_the_standin_listens_on_loopback_only(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conversion_sync.dev.salesforce_standin",
+            "conversion_sync_dev.salesforce_standin",
             "--port",
             "0",
             "--state-dir",
@@ -333,7 +333,7 @@ def test_the_standin_listens_on_loopback_only(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conversion_sync.dev.salesforce_standin",
+            "conversion_sync_dev.salesforce_standin",
             "--host",
             "0.0.0.0",
             "--port",
@@ -377,7 +377,7 @@ def test_make_dev_serves_dagster_and_the_standin_on_loopback(monkeypatch: pytest
     assert dagster_dev[1] == "dev" and dagster_dev[dagster_dev.index("-h") + 1] == "127.0.0.1"
     assert launcher._start_salesforce_standin(Path("/nonexistent/state"), timeout_seconds=1) == {}
     standin_command = started[-1]
-    assert standin_command[2] == "conversion_sync.dev.salesforce_standin" and "--host" not in standin_command
+    assert standin_command[2] == "conversion_sync_dev.salesforce_standin" and "--host" not in standin_command
     makefile = (REPO_ROOT / "Makefile").read_text()
     [dev_recipe] = re.findall(r"^dev:.*\n\t(.+)$", makefile, flags=re.MULTILINE)
-    assert dev_recipe.endswith("-m conversion_sync.dev.launcher"), dev_recipe
+    assert dev_recipe.endswith("-m conversion_sync_dev.launcher"), dev_recipe

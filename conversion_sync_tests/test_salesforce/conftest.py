@@ -8,8 +8,8 @@ import pytest
 import requests
 from simple_salesforce import Salesforce
 
-from conversion_sync.dev.salesforce_standin import Org, StandinServer
 from conversion_sync.salesforce.client import SalesforceResource
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 
 
 @pytest.fixture(scope="session")

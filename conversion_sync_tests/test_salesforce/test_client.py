@@ -7,7 +7,6 @@ import logging
 import dagster as dg
 import pytest
 
-from conversion_sync.dev.salesforce_standin import Org, StandinServer
 from conversion_sync.salesforce.budget import ApiBudget, ApiBudgetExhausted, parse_limit_info
 from conversion_sync.salesforce.client import (
     ENV_VARS,
@@ -18,6 +17,7 @@ from conversion_sync.salesforce.client import (
     SalesforceUnavailable,
     _typed_csv_records,
 )
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 
 
 def seed_contacts(org: Org, n: int) -> list[str]:

@@ -27,7 +27,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from conversion_sync.dev.salesforce_standin import Org, StandinServer, normalize_id
+from conversion_sync_dev.salesforce_standin import Org, StandinServer, normalize_id
 
 API = "/services/data/v59.0"
 
@@ -697,7 +697,7 @@ def test_cli_serves_demo_data_and_saves_state(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "conversion_sync.dev.salesforce_standin",
+                "conversion_sync_dev.salesforce_standin",
                 "--port",
                 "0",
                 "--state-dir",

@@ -10,13 +10,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from conversion_sync.dev.embedded_postgres import (
+from conversion_sync_dev.embedded_postgres import (
     dagster_storage_url,
     embedded_postgres_running,
     start_embedded_postgres,
     stop_embedded_postgres,
 )
-from conversion_sync.dev.launcher import prepare_dagster_home
+from conversion_sync_dev.launcher import prepare_dagster_home
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_processes_share_one_server(data_dir: Path) -> None:
-    code = "from conversion_sync.dev.embedded_postgres import start_embedded_postgres as s; print(s())"
+    code = "from conversion_sync_dev.embedded_postgres import start_embedded_postgres as s; print(s())"
     procs = [
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
         for _ in range(3)

@@ -1,4 +1,4 @@
-"""`make dev`: embedded store, migrations, demo warehouse, Salesforce stand-in, then `dagster dev`."""
+"""`make dev`: embedded store, migrations, demo warehouse, Salesforce stand-in, then the Dagster UI (`dg dev`)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conversion_sync.dev.demo_runs import launch_first_runs_in_background, store_is_fresh
-from conversion_sync.dev.embedded_postgres import (
+from conversion_sync.config.environment import ENV_VAR
+from conversion_sync.store.connection import STORE_URL_ENV, redact_url
+from conversion_sync.store.migrate import migrate_store
+from conversion_sync_dev.demo_runs import launch_first_runs_in_background, store_is_fresh
+from conversion_sync_dev.embedded_postgres import (
     dagster_storage_url,
     data_directory,
     start_embedded_postgres,
     stop_embedded_postgres,
 )
-from conversion_sync.store.connection import STORE_URL_ENV, redact_url
-from conversion_sync.store.migrate import migrate_store
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def dagster_ui_command(host: str, port: int | str) -> list[str]:
+    """`dg dev` on host:port, run from REPO_ROOT with the repository's workspace.yaml: the webserver, the daemon
+    and the code server, in the process group of the `dg` process."""
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    return [str(Path(sys.executable).parent / "dg"), "dev", "-w", workspace, "-h", host, "-p", str(port)]
 
 
 def prepare_dagster_home(data_dir: Path) -> Path:
@@ -30,8 +38,9 @@ def prepare_dagster_home(data_dir: Path) -> Path:
 
 
 def prepare_environment() -> dict[str, str]:
-    """Start what `dagster dev` needs and return the environment its processes share."""
+    """Start what the Dagster UI needs and return the environment its processes share."""
     env = dict(os.environ)
+    env.setdefault(ENV_VAR, "local")  # what this launcher runs is local: the code location's resources follow
     data_dir = data_directory()
     env.setdefault("CONVERSION_SYNC_DATA_DIR", str(data_dir))
     env.setdefault("CONVERSION_SYNC_CONFIG", str(REPO_ROOT / "syncs"))
@@ -47,7 +56,7 @@ def prepare_environment() -> dict[str, str]:
     demo_env = _start_demo_services(env, data_dir)
     env.update(demo_env)
     if demo_env:  # the stand-in started here (never a real org): a demo store campaign linked to it
-        from conversion_sync.dev.demo_campaigns import seed_demo_campaign_for_launcher
+        from conversion_sync_dev.demo_campaigns import seed_demo_campaign_for_launcher
 
         seed_demo_campaign_for_launcher(env[STORE_URL_ENV], demo_env)
     env["DAGSTER_HOME"] = str(prepare_dagster_home(data_dir))
@@ -56,7 +65,7 @@ def prepare_environment() -> dict[str, str]:
 
 def _start_demo_services(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     """Seed the demo warehouse and start the local Salesforce stand-in; returns env vars for Dagster."""
-    from conversion_sync.dev import demo_warehouse
+    from conversion_sync_dev import demo_warehouse
 
     path = demo_warehouse.seed_demo_warehouse(data_dir / "warehouse.duckdb")
     print(f"demo warehouse: {path}", flush=True)
@@ -85,7 +94,7 @@ def _start_salesforce_standin(state_dir: Path, timeout_seconds: float = 60) -> d
     command = [
         sys.executable,
         "-m",
-        "conversion_sync.dev.salesforce_standin",
+        "conversion_sync_dev.salesforce_standin",
         "--port",
         str(SALESFORCE_STANDIN_PORT),
         "--state-dir",
@@ -147,16 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare_environment()
     if args.prepare_only:
         return 0
-    command = [
-        str(Path(sys.executable).parent / "dagster"),
-        "dev",
-        "-w",
-        str(REPO_ROOT / "workspace.yaml"),
-        "-h",
-        args.host,
-        "-p",
-        args.port,
-    ]
+    command = dagster_ui_command(args.host, args.port)
     print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
@@ -180,7 +180,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
-    """SIGTERM dagster dev's whole process group (webserver, daemon, code server), then SIGKILL stragglers."""
+    """SIGTERM dg dev's whole process group (webserver, daemon, code server), then SIGKILL stragglers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""CLI: run the Salesforce stand-in in the foreground (``python -m conversion_sync.dev.salesforce_standin``)."""
+"""CLI: run the Salesforce stand-in in the foreground (``python -m conversion_sync_dev.salesforce_standin``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .server import INFO_FILE, StandinServer
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m conversion_sync.dev.salesforce_standin",
+        prog="python -m conversion_sync_dev.salesforce_standin",
         description="Serve a local Salesforce stand-in over HTTPS on 127.0.0.1 until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
