@@ -15,7 +15,6 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from conversion_sync.cli import main
 from conversion_sync.config.salesforce import SalesforceConfig
-from conversion_sync.dev.salesforce_standin import Org, StandinServer, seed_demo
 from conversion_sync.salesforce.assets import (
     RECONCILE_ASSET,
     RECONCILE_JOB,
@@ -41,6 +40,7 @@ from conversion_sync.salesforce.reconcile import (
 )
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync_dev.salesforce_standin import Org, StandinServer, seed_demo
 
 WRITE_KINDS = ("composite", "sobject_create", "sobject_update", "sobject_delete", "ingest")
 
@@ -697,7 +697,7 @@ def test_schedule_skips_while_running_and_loads_stopped_without_credentials(
 def test_demo_campaign_shows_both_directions_a_conflict_and_an_error(
     store_url: str, standin: StandinServer, standin_org: Org, salesforce_resource: SalesforceResource
 ) -> None:
-    from conversion_sync.dev.demo_campaigns import DEMO_CAMPAIGN, seed_demo_campaign
+    from conversion_sync_dev.demo_campaigns import DEMO_CAMPAIGN, seed_demo_campaign
 
     seed_demo(standin_org)
     env = {

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRun
 
 from conversion_sync.config.salesforce import SalesforceConfig
-from conversion_sync.dev.salesforce_standin import Org, StandinServer
 from conversion_sync.salesforce.assets import (
     POLL_ASSET,
     POLL_JOB,
@@ -32,6 +31,7 @@ from conversion_sync.salesforce.poller import (
 )
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 
 MAPPINGS: dict[str, Any] = {
     "Contact": {
