@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from conversion_sync.salesforce.campaigns import (
     CampaignError,
@@ -38,7 +39,9 @@ def seed_demo_campaign(store_url: str, salesforce_env: Mapping[str, str]) -> str
     with store.begin() as conn:
         if any(c.name == DEMO_CAMPAIGN for c in list_campaigns(conn)):
             return None
-    settings = {field: salesforce_env[var] for field, var in ENV_VARS.items() if salesforce_env.get(var)}
+    settings: dict[str, Any] = {
+        field: salesforce_env[var] for field, var in ENV_VARS.items() if salesforce_env.get(var)
+    }
     client = SalesforceResource(**settings).connect()
     try:
         found = client.query(f"SELECT Id FROM Campaign WHERE Name = '{DEMO_CAMPAIGN}' LIMIT 1").records

@@ -100,7 +100,8 @@ def _get_server(pgserver: Any, pgdata: Path) -> Any:
             except AssertionError:  # postmaster.pid is being written
                 info = None
             running = info is not None and info.is_running()
-            if (running and info.status == "ready") or (not running and time.monotonic() > grace):
+            ready = running and info is not None and info.status == "ready"
+            if ready or (not running and time.monotonic() > grace):
                 break
             time.sleep(0.5)
 
@@ -157,7 +158,7 @@ def _ensure_database(base_uri: str, database: str) -> None:
 
 def stop_embedded_postgres(data_dir: Path | None = None) -> bool:
     """Stop the embedded server if it runs; True when a server was stopped."""
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # pgserver generates its commands
     from pgserver.utils import PostmasterInfo
 
     pgdata = _pgdata(data_dir)
@@ -169,7 +170,8 @@ def stop_embedded_postgres(data_dir: Path | None = None) -> bool:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     except subprocess.CalledProcessError as exc:
         log.warning("pg_ctl stop failed (%s); terminating the server", exc)
-        info.process.terminate()
+        if info.process is not None:
+            info.process.terminate()
     return True
 
 

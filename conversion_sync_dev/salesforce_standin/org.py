@@ -1164,7 +1164,7 @@ class Org:
                     "Required fields are missing: [exactly one of LeadId, ContactId]",
                     ["LeadId", "ContactId"],
                 )
-            person = lead_id or contact_id
+            person = str(lead_id if lead_id is not None else contact_id)  # exactly one is set (checked above)
             if lead_id is not None and self._tables["Lead"][lead_id].get("IsConverted"):
                 raise RecordError(
                     "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", ["LeadId"]

@@ -427,7 +427,11 @@ class CompiledQuery:
         for path in self.select:
             name = path.field.name
             if not path.hops:
-                getters.append(lambda i, name=name: rows[i].get(name))
+
+                def field(i: int, name: str = name) -> Any:
+                    return rows[i].get(name)
+
+                getters.append(field)
             else:
                 slot = self.rel_index[path.hops]
 
@@ -488,14 +492,15 @@ def _getter(path: FieldPath, tables: Tables) -> Callable[[Record], Any]:
     hops = [(hop.ref_field, tables[hop.target]) for hop in path.hops]
 
     def get(rec: Record) -> Any:
-        current: Record | None = rec
+        current = rec
         for ref_field, table in hops:
             parent_id = current.get(ref_field)
             if parent_id is None:
                 return None
-            current = table.get(parent_id)
-            if current is None:
+            parent = table.get(parent_id)
+            if parent is None:
                 return None
+            current = parent
         return current.get(name)
 
     return get
