@@ -106,10 +106,10 @@ def run_floor(warehouse: Path, table: str, store_url: str) -> dict[str, Any]:
 
 
 def standin_resource(settings: dict[str, Any]) -> Any:
-    """The product's Salesforce resource pointed at the bench's stand-in (username/password login over HTTPS)."""
-    from conversion_sync.salesforce.client import SalesforceResource
+    """The product's Salesforce settings pointed at the bench's stand-in (username/password login over HTTPS)."""
+    from conversion_sync.salesforce.client import SalesforceSettings
 
-    return SalesforceResource(
+    return SalesforceSettings(
         username=settings["username"],
         password=settings["password"],
         security_token=settings["security_token"],

@@ -13,7 +13,7 @@ from conversion_sync.salesforce.campaigns import (
     get_campaign_type,
     list_campaigns,
 )
-from conversion_sync.salesforce.client import ENV_VARS, SalesforceApiError, SalesforceResource
+from conversion_sync.salesforce.client import ENV_VARS, SalesforceApiError, SalesforceSettings
 from conversion_sync.store.contact_store import ContactStore
 
 DEMO_CAMPAIGN = "Summer Conference"
@@ -42,7 +42,7 @@ def seed_demo_campaign(store_url: str, salesforce_env: Mapping[str, str]) -> str
     settings: dict[str, Any] = {
         field: salesforce_env[var] for field, var in ENV_VARS.items() if salesforce_env.get(var)
     }
-    client = SalesforceResource(**settings).connect()
+    client = SalesforceSettings(**settings).connect()
     try:
         found = client.query(f"SELECT Id FROM Campaign WHERE Name = '{DEMO_CAMPAIGN}' LIMIT 1").records
         if not found:

@@ -11,7 +11,6 @@ import duckdb
 import pytest
 
 from conversion_sync.alerts import webhook
-from conversion_sync.alerts.sensors import alert_sensors
 from conversion_sync.alerts.webhook import (
     WEBHOOK_URL_ENV,
     WEBSERVER_URL_ENV,
@@ -22,6 +21,7 @@ from conversion_sync.alerts.webhook import (
 )
 from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.definitions import build_definitions
+from conversion_sync.defs.alerts import alert_sensors
 from conversion_sync.store.contact_store import ContactStore
 
 from .test_e2e.webhook_receiver import WebhookReceiver

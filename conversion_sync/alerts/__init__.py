@@ -1,6 +1,8 @@
-"""Alerts and outward run reports: webhook alerts on failed runs and rejected-row checks, failed runs' sync logs."""
+"""Alert delivery: JSON payloads POSTed to a webhook with timeouts, bounded retries and secrets scrubbed.
 
-from conversion_sync.alerts.sensors import alert_sensors, failure_alert, rejected_rows_alerts, syncs_of_run
+No Dagster here: the sensors that decide what to report are in conversion_sync.defs.alerts.
+"""
+
 from conversion_sync.alerts.webhook import (
     WEBHOOK_URL_ENV,
     WEBSERVER_URL_ENV,
@@ -17,12 +19,8 @@ __all__ = [
     "WEBSERVER_URL_ENV",
     "AlertNotDelivered",
     "Delivery",
-    "alert_sensors",
-    "failure_alert",
     "post_json",
-    "rejected_rows_alerts",
     "run_page_url",
     "scrub",
     "send_alert",
-    "syncs_of_run",
 ]

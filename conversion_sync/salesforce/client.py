@@ -1,4 +1,5 @@
-"""Salesforce connection resource: login, retries with backoff, one re-login, API usage; secrets never shown."""
+"""Salesforce connection settings and client: login, retries with backoff, one re-login, API usage; secrets
+never shown."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-import dagster as dg
 import requests
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from requests.adapters import HTTPAdapter
 from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.bulk2 import Operation, _Bulk2Client
@@ -38,7 +38,7 @@ ENV_VARS = {
     "login_url": "SALESFORCE_LOGIN_URL",
     "ca_bundle": "SALESFORCE_CA_BUNDLE",
 }
-"""Resource field → the environment variable it is read from (SPEC §4)."""
+"""Settings field → the environment variable it is read from."""
 
 _RETRYABLE_CODES = frozenset({"QUERY_TIMEOUT", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"})
 _BULK_NUMBER_TYPES = frozenset({"double", "currency", "percent"})
@@ -63,18 +63,19 @@ class SalesforceUnavailable(SalesforceApiError):
 
 
 def _value(setting: str | None) -> str | None:
-    """A setting's value whether it is a plain string or a not-yet-resolved dg.EnvVar; blank is None."""
-    if isinstance(setting, dg.EnvVar):
-        setting = setting.get_value()
+    """A setting's value; blank is None."""
     return setting.strip() if setting and setting.strip() else None
 
 
-class SalesforceResource(dg.ConfigurableResource):
+class SalesforceSettings(BaseModel):
     """A Salesforce org reached with simple-salesforce: an access token, or a username/password login.
 
-    `connect()` gives a `SalesforceClient` for one run. Build it with `SalesforceResource.from_env()`,
-    which reads the SALESFORCE_* variables as Dagster EnvVars, so secrets never appear in run config.
+    `connect()` gives a `SalesforceClient` for one run. `SalesforceSettings.from_env()` reads the
+    SALESFORCE_* variables; Dagster jobs get their settings from the `salesforce` resource
+    (conversion_sync.defs.resources), which keeps the secrets as environment variable references.
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     instance_url: str | None = Field(default=None, description="with access_token: the org's instance URL")
     access_token: str | None = Field(default=None, description="an OAuth access token (session id)")
@@ -96,16 +97,16 @@ class SalesforceResource(dg.ConfigurableResource):
     )
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> SalesforceResource:
-        """The resource for the SALESFORCE_* variables that are set (each as a dg.EnvVar)."""
+    def from_env(cls, **overrides: Any) -> SalesforceSettings:
+        """The settings for the SALESFORCE_* variables that are set, with `overrides` on top."""
         settings: dict[str, Any] = {
-            field: dg.EnvVar(var) for field, var in ENV_VARS.items() if (os.environ.get(var) or "").strip()
+            field: os.environ[var] for field, var in ENV_VARS.items() if (os.environ.get(var) or "").strip()
         }
         return cls(**{**settings, **overrides})
 
     @property
     def not_configured_reason(self) -> str | None:
-        """Why this resource cannot connect (no credentials), or None when it can."""
+        """Why these settings cannot connect (no credentials), or None when they can."""
         if _value(self.instance_url) and _value(self.access_token):
             return None
         if _value(self.username) and _value(self.password):
@@ -125,7 +126,7 @@ class SalesforceResource(dg.ConfigurableResource):
         return self.not_configured_reason is None
 
     def describe(self) -> str:
-        """Where and how this resource connects, safe to show."""
+        """Where and how these settings connect, safe to show."""
         if _value(self.instance_url) and _value(self.access_token):
             return f"{_value(self.instance_url)} (access token)"
         return f"{_value(self.login_url) or DEFAULT_LOGIN_URL} as {_value(self.username)}"
@@ -168,7 +169,7 @@ class SalesforceClient:
     """One run's connection: every call is retried on 503/timeouts, re-logs in once on INVALID_SESSION_ID,
     is checked against the API budget first, and is counted (with the org's usage from Sforce-Limit-Info)."""
 
-    def __init__(self, settings: SalesforceResource, budget: ApiBudget, logger: logging.Logger) -> None:
+    def __init__(self, settings: SalesforceSettings, budget: ApiBudget, logger: logging.Logger) -> None:
         self.settings = settings
         self.budget = budget
         self.log = logger

@@ -1,23 +1,25 @@
-"""ContactStore: the Dagster resource every job uses to reach the store's Postgres."""
+"""ContactStore: where the store's Postgres is, and connections to it (a plain engine object)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field
 
 from conversion_sync.store.connection import redact_url, resolve_store_url, store_engine
 
 
-class ContactStore(dg.ConfigurableResource):
-    """The contact store. `url` unset → CONVERSION_STORE_URL, else the embedded Postgres."""
+@dataclass(frozen=True)
+class ContactStore:
+    """The contact store. `url` unset → CONVERSION_STORE_URL, else the embedded Postgres (local runs only).
 
-    url: str | None = Field(
-        default=None, description="Postgres URL; unset means CONVERSION_STORE_URL or embedded"
-    )
+    Dagster jobs get one from the `contact_store` resource (conversion_sync.defs.resources); the CLI,
+    the benchmarks and the tests build it directly.
+    """
+
+    url: str | None = None
 
     def resolved_url(self) -> str:
         return self.url or resolve_store_url()

@@ -1,14 +1,17 @@
-"""Identity matching (SPEC §5): staged (email, Salesforce id) pairs → contact ids, set-based and race-free."""
+"""Identity matching: staged (email, Salesforce id) pairs → contact ids, set-based and race-free."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
-import dagster as dg
 import sqlalchemy as sa
 
 from conversion_sync.store.contacts import email_key_sql, lock_identities, trimmed_email_sql
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass
@@ -42,13 +45,15 @@ def _latest_contacts(emails_table: str, normalized: str) -> str:
         ORDER BY c.email_normalized COLLATE "C", c.updated_at DESC, c.id DESC"""
 
 
-class IdentityMatcher(dg.ConfigurableResource):
-    """Resolves contacts for a staged set of identities, following SPEC §5's three rules.
+class IdentityMatcher:
+    """Resolves contacts for a staged set of identities, following three rules.
 
     1. a contact linked to the Salesforce id is always the one;
     2. else the most recently updated contact with that email not linked to a different Salesforce id
        (it gets linked);
     3. else a new contact.
+
+    It holds no settings; Dagster jobs get one from the `identity` resource (conversion_sync.defs.resources).
     """
 
     def resolve_table(
@@ -279,10 +284,10 @@ class IdentityMatcher(dg.ConfigurableResource):
             "salesforce_type text, contact_id bigint) ON COMMIT DROP"
         )
         conn.exec_driver_sql("TRUNCATE _identity_input")
-        raw = conn.connection.dbapi_connection
+        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
         with (
             raw.cursor() as cursor,
-            cursor.copy(  # type: ignore[union-attr]
+            cursor.copy(
                 "COPY _identity_input (ord, email, salesforce_id, salesforce_type) FROM STDIN"
             ) as copy,
         ):

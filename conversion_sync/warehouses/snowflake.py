@@ -1,14 +1,16 @@
-"""Snowflake warehouse: dagster-snowflake's SnowflakeResource, streamed with `fetch_arrow_batches`."""
+"""Snowflake warehouse: the Snowflake connector, streamed with `fetch_arrow_batches`."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from typing import Any
 
 import pyarrow as pa
 import snowflake.connector
-from dagster_snowflake import SnowflakeResource
+from cryptography.hazmat.primitives import serialization
 from snowflake.connector.errors import NotSupportedError
 
 from conversion_sync.config.warehouses import SnowflakeWarehouseConfig
@@ -26,7 +28,7 @@ from conversion_sync.warehouses.base import (
 
 
 class SnowflakeWarehouse(Warehouse):
-    """A Snowflake account, reached through dagster-snowflake's `SnowflakeResource`.
+    """A Snowflake account, reached with the Snowflake connector (password or private key authentication).
 
     `host`, `port` and `protocol` (optional) point the connector at another endpoint, e.g. a
     PrivateLink host or a local fakesnow server.
@@ -51,58 +53,52 @@ class SnowflakeWarehouse(Warehouse):
     def __init__(self, name: str, config: SnowflakeWarehouseConfig) -> None:
         super().__init__(name)
         self.config = config
-        self._cm: AbstractContextManager[Any] | None = None
         self._conn: snowflake.connector.SnowflakeConnection | None = None
 
-    def _resource(self) -> SnowflakeResource:
+    def _connect_args(self) -> dict[str, Any]:
+        """The connector's arguments: the settings, one way to authenticate, a UTC session tagged with the name."""
         c = self.config
         password = self._resolve(c.password, secret=True)
         private_key = self._resolve(c.private_key, secret=True)
         if private_key:
             self._add_secret(*(line for line in private_key.splitlines() if len(line.strip()) >= 16))
-        extra: dict[str, Any] = {
-            "session_parameters": {
-                "QUERY_TAG": f"conversion_sync:{self.name}",
-                "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW",
-                "TIMEZONE": "UTC",
-            }
-        }
-        if host := self._resolve(c.host):
-            extra["host"] = host
-        if c.port is not None:
-            extra["port"] = c.port
-        if c.protocol is not None:
-            extra["protocol"] = c.protocol
-        settings = {
+        if not (password or private_key):
+            raise self._connection_error("neither password nor private_key is set")
+        if password and private_key:
+            raise self._connection_error("both password and private_key are set; use one")
+        settings: dict[str, Any] = {
             "account": self._resolve(c.account),
             "user": self._resolve(c.user),
             "password": password,
-            "private_key": private_key,
+            "private_key": _der_private_key(private_key) if private_key else None,
             "warehouse": self._resolve(c.warehouse),
             "database": self._resolve(c.database),
             "schema": self._resolve(c.schema_),
             "role": self._resolve(c.role),
+            "host": self._resolve(c.host),
+            "port": c.port,
+            "protocol": c.protocol,
+            "application": "conversion_sync",
+            "session_parameters": {
+                "QUERY_TAG": f"conversion_sync:{self.name}",
+                "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW",
+                "TIMEZONE": "UTC",
+            },
         }
-        return SnowflakeResource(
-            **{k: v for k, v in settings.items() if v is not None},
-            additional_snowflake_connection_args=extra,
-        )
+        return {k: v for k, v in settings.items() if v is not None}
 
     def _connect(self) -> snowflake.connector.SnowflakeConnection:
         if self._conn is not None and self._conn.is_closed():
             self.close()
         if self._conn is None:
             try:
-                resource = self._resource()
+                args = self._connect_args()
             except WarehouseError:
                 raise
             except Exception as exc:
-                message = str(exc).removeprefix("Invariant failed. Description: ")
-                raise self._connection_error(message) from None
+                raise self._connection_error(exc) from None
             try:
-                cm = resource.get_connection()
-                self._conn = cm.__enter__()
-                self._cm = cm
+                self._conn = snowflake.connector.connect(**args)
             except Exception as exc:
                 raise self._connection_error(exc) from None
         return self._conn
@@ -146,14 +142,30 @@ class SnowflakeWarehouse(Warehouse):
             self.close()
 
     def close(self) -> None:
-        cm, conn = self._cm, self._conn
-        self._cm = self._conn = None
-        if cm is not None:
-            with suppress(Exception):
-                cm.__exit__(None, None, None)
+        conn, self._conn = self._conn, None
         if conn is not None:
             with suppress(Exception):
                 conn.close()
+
+
+def _der_private_key(pem: str) -> bytes:
+    """An unencrypted PEM private key (or its base64 encoding) as the DER bytes the connector takes."""
+    data = pem.encode()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(base64.b64decode(data), password=None)
+        except (ValueError, binascii.Error):
+            raise ValueError(
+                "unable to load the private key: it must be an unencrypted PEM private key (PKCS#8), "
+                "or that PEM text base64-encoded"
+            ) from None
+    return key.private_bytes(
+        encoding=serialization.Encoding.DER,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
 
 
 _JSON_LOGICAL_TYPES = (b"VARIANT", b"OBJECT", b"ARRAY")

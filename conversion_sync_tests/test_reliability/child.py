@@ -16,7 +16,7 @@ from typing import Any
 
 from conversion_sync.config import load_project_config
 from conversion_sync.salesforce.budget import ApiBudget
-from conversion_sync.salesforce.client import SalesforceResource
+from conversion_sync.salesforce.client import SalesforceSettings
 from conversion_sync.salesforce.poller import SalesforcePoller
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
@@ -41,7 +41,7 @@ def run_sync(config_dir: str, sync_name: str, store_url: str, run_id: str | None
 def run_poll(config_dir: str, store_url: str) -> dict[str, Any]:
     """One Salesforce poll with the SALESFORCE_* credentials of the environment."""
     config = load_project_config(config_dir).salesforce
-    resource = SalesforceResource.from_env(backoff_seconds=0.01, max_backoff_seconds=0.05)
+    resource = SalesforceSettings.from_env(backoff_seconds=0.01, max_backoff_seconds=0.05)
     client = resource.connect(ApiBudget(reserve=config.api_reserve))
     _say({"ready": "salesforce_poll", "at": time.time()})
     try:

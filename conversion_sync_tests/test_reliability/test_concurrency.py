@@ -11,7 +11,7 @@ import yaml
 
 from conversion_sync.config import load_project_config
 from conversion_sync.salesforce.budget import ApiBudget
-from conversion_sync.salesforce.client import SalesforceResource
+from conversion_sync.salesforce.client import SalesforceSettings
 from conversion_sync.salesforce.poller import SalesforcePoller
 from conversion_sync.store.connection import store_engine
 from conversion_sync.store.contact_store import ContactStore
@@ -105,7 +105,7 @@ def run_in_sequence(
         SyncRunner(project.syncs[name], project, ContactStore(url=store_url)).run()
     for key, value in salesforce_env(standin).items():
         monkeypatch.setenv(key, value)
-    client = SalesforceResource.from_env().connect(ApiBudget(reserve=0))
+    client = SalesforceSettings.from_env().connect(ApiBudget(reserve=0))
     try:
         assert (
             SalesforcePoller(project.salesforce, ContactStore(url=store_url), IdentityMatcher(), client)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from conversion_sync.config.salesforce import SalesforceConfig
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.campaigns import create_campaign, create_campaign_type
-from conversion_sync.salesforce.client import SalesforceApiError, SalesforceResource
+from conversion_sync.salesforce.client import SalesforceApiError, SalesforceSettings
 from conversion_sync.salesforce.poller import PollOutcome, SalesforcePoller
 from conversion_sync.salesforce.reconcile import CampaignReconciler, ReconcileOutcome
 from conversion_sync.store.connection import store_engine
@@ -98,7 +98,7 @@ def seed_org(org: Org, rng: random.Random, people: int) -> None:
     org.advance_clock(90)  # everything is older than the poll's upper bound (now − 1 minute)
 
 
-def poll(org: Org, store_url: str, resource: SalesforceResource, config: SalesforceConfig) -> PollOutcome:
+def poll(org: Org, store_url: str, resource: SalesforceSettings, config: SalesforceConfig) -> PollOutcome:
     client = resource.connect(ApiBudget(reserve=config.api_reserve))
     try:
         return SalesforcePoller(
@@ -110,7 +110,7 @@ def poll(org: Org, store_url: str, resource: SalesforceResource, config: Salesfo
 
 def fault_trial(
     org: Org,
-    resource: SalesforceResource,
+    resource: SalesforceSettings,
     new_store: StoreFactory,
     figures: Figures,
     *,
@@ -165,7 +165,7 @@ def fault_trial(
 
 
 def test_random_salesforce_faults_across_a_poll(
-    standin_org: Org, salesforce_resource: SalesforceResource, new_store: StoreFactory, figures: Figures
+    standin_org: Org, salesforce_resource: SalesforceSettings, new_store: StoreFactory, figures: Figures
 ) -> None:
     seed = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 1_000_000))
     fault_trial(standin_org, salesforce_resource, new_store, figures, seed=seed, people=2_500, faults=8)
@@ -175,7 +175,7 @@ def test_random_salesforce_faults_across_a_poll(
 @pytest.mark.parametrize("trial", range(10))
 def test_random_salesforce_faults_across_polls_many_trials(
     standin_org: Org,
-    salesforce_resource: SalesforceResource,
+    salesforce_resource: SalesforceSettings,
     new_store: StoreFactory,
     figures: Figures,
     trial: int,
@@ -247,7 +247,7 @@ def campaign_state(org: Org, store_url: str) -> tuple[list[tuple[Any, ...]], lis
     return store_side, salesforce_side, len(org.query("SELECT Id FROM Lead"))
 
 
-def reconcile(resource: SalesforceResource, store_url: str, bulk_threshold: int) -> ReconcileOutcome:
+def reconcile(resource: SalesforceSettings, store_url: str, bulk_threshold: int) -> ReconcileOutcome:
     client = resource.connect(ApiBudget(reserve=0))
     try:
         return CampaignReconciler(
@@ -259,7 +259,7 @@ def reconcile(resource: SalesforceResource, store_url: str, bulk_threshold: int)
 
 def reconcile_fault_trial(
     org: Org,
-    resource: SalesforceResource,
+    resource: SalesforceSettings,
     new_store: StoreFactory,
     figures: Figures,
     *,
@@ -314,7 +314,7 @@ def reconcile_fault_trial(
 
 
 def test_random_salesforce_faults_across_a_campaign_reconciliation(
-    standin_org: Org, salesforce_resource: SalesforceResource, new_store: StoreFactory, figures: Figures
+    standin_org: Org, salesforce_resource: SalesforceSettings, new_store: StoreFactory, figures: Figures
 ) -> None:
     seed = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 1_000_000))
     reconcile_fault_trial(
@@ -333,7 +333,7 @@ def test_random_salesforce_faults_across_a_campaign_reconciliation(
 @pytest.mark.parametrize("trial", range(10))
 def test_random_salesforce_faults_across_reconciliations_many_trials(
     standin_org: Org,
-    salesforce_resource: SalesforceResource,
+    salesforce_resource: SalesforceSettings,
     new_store: StoreFactory,
     figures: Figures,
     trial: int,
@@ -357,7 +357,7 @@ def test_random_salesforce_faults_across_reconciliations_many_trials(
     ids=["reading results", "uploading", "after closing"],
 )
 def test_a_bulk_lead_job_cut_short_never_creates_a_lead_twice(
-    standin_org: Org, salesforce_resource: SalesforceResource, new_store: StoreFactory, interrupted_at: str
+    standin_org: Org, salesforce_resource: SalesforceSettings, new_store: StoreFactory, interrupted_at: str
 ) -> None:
     """The API allowance runs out between creating a Leads job and reading its results: the next run links the
     Leads that job created (or aborts a job left open) instead of creating them again."""

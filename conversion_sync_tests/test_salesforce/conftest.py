@@ -8,7 +8,7 @@ import pytest
 import requests
 from simple_salesforce import Salesforce
 
-from conversion_sync.salesforce.client import SalesforceResource
+from conversion_sync.salesforce.client import SalesforceSettings
 from conversion_sync_dev.salesforce_standin import Org, StandinServer
 
 
@@ -41,9 +41,9 @@ def sf_client(standin: StandinServer, standin_org: Org) -> Salesforce:
 
 
 @pytest.fixture
-def salesforce_resource(standin: StandinServer, standin_org: Org) -> SalesforceResource:
-    """The product's SalesforceResource logging in to a freshly reset stand-in org, with fast retries."""
-    return SalesforceResource(
+def salesforce_resource(standin: StandinServer, standin_org: Org) -> SalesforceSettings:
+    """The product's SalesforceSettings logging in to a freshly reset stand-in org, with fast retries."""
+    return SalesforceSettings(
         username=standin.username,
         password=standin.password,
         security_token=standin.security_token,

@@ -15,12 +15,8 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from conversion_sync.cli import main
 from conversion_sync.config.salesforce import SalesforceConfig
-from conversion_sync.salesforce.assets import (
-    RECONCILE_ASSET,
-    RECONCILE_JOB,
-    RECONCILE_SCHEDULE,
-    build_campaign_definitions,
-)
+from conversion_sync.defs.campaigns import RECONCILE_ASSET, RECONCILE_JOB, RECONCILE_SCHEDULE
+from conversion_sync.defs.campaigns import build_defs as build_campaign_definitions
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.campaigns import (
     CampaignError,
@@ -31,7 +27,7 @@ from conversion_sync.salesforce.campaigns import (
     link_campaign,
     salesforce_campaign_id,
 )
-from conversion_sync.salesforce.client import ENV_VARS, SalesforceResource
+from conversion_sync.salesforce.client import ENV_VARS, SalesforceSettings
 from conversion_sync.salesforce.reconcile import (
     RECONCILE_LOCK_KEY,
     CampaignReconciler,
@@ -55,7 +51,7 @@ class Harness:
 
     org: Org
     store: ContactStore
-    resource: SalesforceResource
+    resource: SalesforceSettings
 
     def reconcile(self, **kwargs: Any) -> ReconcileOutcome:
         client = self.resource.connect(ApiBudget())
@@ -129,7 +125,7 @@ class Harness:
 
 
 @pytest.fixture
-def harness(store_url: str, standin_org: Org, salesforce_resource: SalesforceResource) -> Harness:
+def harness(store_url: str, standin_org: Org, salesforce_resource: SalesforceSettings) -> Harness:
     return Harness(standin_org, ContactStore(url=store_url), salesforce_resource)
 
 
@@ -607,7 +603,7 @@ def planted_env(standin: StandinServer, standin_org: Org, monkeypatch: pytest.Mo
 def test_dagster_asset_reports_counts_errors_and_api_calls(
     store_url: str, standin_org: Org, planted_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    h = Harness(standin_org, ContactStore(url=store_url), SalesforceResource.from_env(backoff_seconds=0.01))
+    h = Harness(standin_org, ContactStore(url=store_url), SalesforceSettings.from_env(backoff_seconds=0.01))
     setup_campaign(h, "Dagster", ["Sent", "Attended"])
     contacts = h.store_contacts([("x@example.com", None, None), ("y@example.com", None, None)])
     h.store_members(
@@ -656,7 +652,7 @@ def test_dagster_asset_reports_counts_errors_and_api_calls(
 def test_schedule_skips_while_running_and_loads_stopped_without_credentials(
     planted_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    defs = build_campaign_definitions(SalesforceConfig(), SalesforceResource.from_env())
+    defs = build_campaign_definitions(SalesforceConfig(), SalesforceSettings.from_env())
     [schedule] = defs.schedules
     assert schedule.name == RECONCILE_SCHEDULE
     with dg.instance_for_test() as instance:
@@ -672,7 +668,7 @@ def test_schedule_skips_while_running_and_loads_stopped_without_credentials(
 
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    resource = SalesforceResource.from_env()
+    resource = SalesforceSettings.from_env()
     defs = build_campaign_definitions(SalesforceConfig(), resource)
     [asset], [schedule] = defs.assets, defs.schedules
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
@@ -695,7 +691,7 @@ def test_schedule_skips_while_running_and_loads_stopped_without_credentials(
 
 
 def test_demo_campaign_shows_both_directions_a_conflict_and_an_error(
-    store_url: str, standin: StandinServer, standin_org: Org, salesforce_resource: SalesforceResource
+    store_url: str, standin: StandinServer, standin_org: Org, salesforce_resource: SalesforceSettings
 ) -> None:
     from conversion_sync_dev.demo_campaigns import DEMO_CAMPAIGN, seed_demo_campaign
 

@@ -1,4 +1,4 @@
-"""SalesforceResource / SalesforceClient against the HTTPS stand-in: login, retries, re-login, budget, secrets."""
+"""SalesforceSettings / SalesforceClient against the HTTPS stand-in: login, retries, re-login, budget, secrets."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import logging
 import dagster as dg
 import pytest
 
+from conversion_sync.defs.resources import SalesforceResource
 from conversion_sync.salesforce.budget import ApiBudget, ApiBudgetExhausted, parse_limit_info
 from conversion_sync.salesforce.client import (
     ENV_VARS,
     SalesforceApiError,
     SalesforceAuthenticationError,
     SalesforceNotConfigured,
-    SalesforceResource,
+    SalesforceSettings,
     SalesforceUnavailable,
     _typed_csv_records,
 )
@@ -25,7 +26,7 @@ def seed_contacts(org: Org, n: int) -> list[str]:
 
 
 def test_login_and_query_counts_calls_and_reads_limit_info(
-    salesforce_resource: SalesforceResource, standin_org: Org
+    salesforce_resource: SalesforceSettings, standin_org: Org
 ) -> None:
     seed_contacts(standin_org, 5)
     standin_org.set_limits(max=5000, used=100)
@@ -41,7 +42,7 @@ def test_login_and_query_counts_calls_and_reads_limit_info(
 
 def test_access_token_mode(standin: StandinServer, standin_org: Org) -> None:
     token = standin_org.login(standin.username, standin.password + standin.security_token)
-    resource = SalesforceResource(
+    resource = SalesforceSettings(
         instance_url=standin.url, access_token=token, ca_bundle=str(standin.ca_path)
     )
     assert resource.configured
@@ -57,13 +58,13 @@ def test_access_token_mode(standin: StandinServer, standin_org: Org) -> None:
 def test_not_configured_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    resource = SalesforceResource.from_env()
+    resource = SalesforceSettings.from_env()
     assert not resource.configured
     assert "SALESFORCE_INSTANCE_URL + SALESFORCE_ACCESS_TOKEN" in (resource.not_configured_reason or "")
     with pytest.raises(SalesforceNotConfigured):
         resource.connect()
     monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", "abc")
-    assert "SALESFORCE_INSTANCE_URL is not" in (SalesforceResource.from_env().not_configured_reason or "")
+    assert "SALESFORCE_INSTANCE_URL is not" in (SalesforceSettings.from_env().not_configured_reason or "")
 
 
 def test_from_env_keeps_secrets_as_env_var_references(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,11 +75,11 @@ def test_from_env_keeps_secrets_as_env_var_references(monkeypatch: pytest.Monkey
     resource = SalesforceResource.from_env()
     assert isinstance(resource.password, dg.EnvVar)
     assert resource.password.env_var_name == "SALESFORCE_PASSWORD"
-    assert resource.configured
-    assert "from-env-password" not in resource.describe()
+    assert resource.settings().configured
+    assert "from-env-password" not in resource.settings().describe()
 
 
-def test_invalid_session_relogs_in_once(salesforce_resource: SalesforceResource, standin_org: Org) -> None:
+def test_invalid_session_relogs_in_once(salesforce_resource: SalesforceSettings, standin_org: Org) -> None:
     seed_contacts(standin_org, 3)
     client = salesforce_resource.connect()
     standin_org.add_fault("invalid_session")
@@ -90,7 +91,7 @@ def test_invalid_session_relogs_in_once(salesforce_resource: SalesforceResource,
 
 
 def test_503_and_query_timeout_are_retried_then_given_up(
-    salesforce_resource: SalesforceResource, standin_org: Org, caplog: pytest.LogCaptureFixture
+    salesforce_resource: SalesforceSettings, standin_org: Org, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = salesforce_resource.connect()
     standin_org.add_fault("unavailable_503", count=2)
@@ -105,7 +106,7 @@ def test_503_and_query_timeout_are_retried_then_given_up(
 
 
 def test_request_limit_and_reserve_stop_the_budget(
-    salesforce_resource: SalesforceResource, standin_org: Org
+    salesforce_resource: SalesforceSettings, standin_org: Org
 ) -> None:
     budget = ApiBudget(reserve=50)
     client = salesforce_resource.connect(budget)
@@ -121,7 +122,7 @@ def test_request_limit_and_reserve_stop_the_budget(
 
 
 def test_api_errors_are_clear_and_carry_no_secrets(
-    salesforce_resource: SalesforceResource, standin: StandinServer, standin_org: Org
+    salesforce_resource: SalesforceSettings, standin: StandinServer, standin_org: Org
 ) -> None:
     client = salesforce_resource.connect()
     with pytest.raises(SalesforceApiError, match="INVALID_FIELD") as failure:
@@ -144,7 +145,7 @@ def test_limit_info_parsing_and_bulk_csv_typing() -> None:
     ]
 
 
-def test_untrusted_certificate_fails_at_once_with_a_hint(salesforce_resource: SalesforceResource) -> None:
+def test_untrusted_certificate_fails_at_once_with_a_hint(salesforce_resource: SalesforceSettings) -> None:
     untrusting = salesforce_resource.model_copy(update={"ca_bundle": None})
     with pytest.raises(SalesforceApiError, match="SALESFORCE_CA_BUNDLE"):
         untrusting.connect()

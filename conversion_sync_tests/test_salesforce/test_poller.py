@@ -15,14 +15,10 @@ import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRun
 
 from conversion_sync.config.salesforce import SalesforceConfig
-from conversion_sync.salesforce.assets import (
-    POLL_ASSET,
-    POLL_JOB,
-    POLL_SCHEDULE,
-    build_salesforce_definitions,
-)
+from conversion_sync.defs.salesforce import POLL_ASSET, POLL_JOB, POLL_SCHEDULE
+from conversion_sync.defs.salesforce import build_defs as build_salesforce_definitions
 from conversion_sync.salesforce.budget import ApiBudget
-from conversion_sync.salesforce.client import ENV_VARS, SalesforceApiError, SalesforceResource
+from conversion_sync.salesforce.client import ENV_VARS, SalesforceApiError, SalesforceSettings
 from conversion_sync.salesforce.poller import (
     PollOutcome,
     SalesforceMappingError,
@@ -63,7 +59,7 @@ class Harness:
 
     org: Org
     store: ContactStore
-    resource: SalesforceResource
+    resource: SalesforceSettings
     config: SalesforceConfig
 
     def settle(self) -> None:
@@ -94,7 +90,7 @@ class Harness:
 
 
 @pytest.fixture
-def harness(store_url: str, standin_org: Org, salesforce_resource: SalesforceResource) -> Harness:
+def harness(store_url: str, standin_org: Org, salesforce_resource: SalesforceSettings) -> Harness:
     return Harness(standin_org, ContactStore(url=store_url), salesforce_resource, config())
 
 
@@ -533,7 +529,7 @@ def test_dagster_asset_materializes_and_never_shows_secrets(
     store_url: str, standin_org: Org, planted_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     seed_contacts(standin_org, 30)
-    resource = SalesforceResource.from_env(backoff_seconds=0.01)
+    resource = SalesforceSettings.from_env(backoff_seconds=0.01)
     defs = build_salesforce_definitions(config(poll_upper_bound_lag=timedelta(0)), resource)
     [schedule] = defs.schedules
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -577,7 +573,7 @@ def test_dagster_failure_is_clear_and_keeps_secrets_out(
     store_url: str, standin_org: Org, planted_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SALESFORCE_PASSWORD", "Wr0ng-" + PLANTED_PASSWORD)
-    resource = SalesforceResource.from_env(backoff_seconds=0.01)
+    resource = SalesforceSettings.from_env(backoff_seconds=0.01)
     defs = build_salesforce_definitions(config(), resource)
     result = dg.materialize(
         defs.assets,
@@ -592,7 +588,7 @@ def test_dagster_failure_is_clear_and_keeps_secrets_out(
 def test_without_credentials_the_code_location_loads_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    resource = SalesforceResource.from_env()
+    resource = SalesforceSettings.from_env()
     defs = build_salesforce_definitions(config(), resource)
     [asset], [schedule] = defs.assets, defs.schedules
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
@@ -620,7 +616,7 @@ def test_without_credentials_the_code_location_loads_stopped(monkeypatch: pytest
 
 
 def test_schedule_skips_while_the_previous_poll_runs(planted_env: dict[str, str]) -> None:
-    defs = build_salesforce_definitions(config(), SalesforceResource.from_env())
+    defs = build_salesforce_definitions(config(), SalesforceSettings.from_env())
     [schedule] = defs.schedules
     assert schedule.name == POLL_SCHEDULE
     with dg.instance_for_test() as instance:

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from conversion_sync.definitions import build_definitions
-from conversion_sync.syncs.factory import asset_key
+from conversion_sync.defs.warehouse_syncs import asset_key
 
 from .conftest import SyncWorld
 

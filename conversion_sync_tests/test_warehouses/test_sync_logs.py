@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conversion_sync.alerts.sensors import alert_sensors
 from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.config.warehouses import SnowflakeWarehouseConfig
 from conversion_sync.definitions import build_definitions
+from conversion_sync.defs.alerts import alert_sensors
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.warehouses import sync_logs
 from conversion_sync.warehouses.sync_logs import SyncLogError, sync_log_writer, write_sync_log

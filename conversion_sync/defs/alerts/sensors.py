@@ -24,13 +24,13 @@ import sqlalchemy as sa
 from conversion_sync.alerts.webhook import WEBHOOK_URL_ENV, run_page_url, send_alert, webhook_url
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.secrets import EnvRef
+from conversion_sync.defs.warehouse_syncs.assets import CHECK_NAME
+from conversion_sync.defs.warehouse_syncs.jobs import SYNC_TAG
 from conversion_sync.store import sync_state
 from conversion_sync.store.connection import sqlalchemy_url
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.warehouses.sync_logs import FailureInfo, write_sync_log
 
-SYNC_TAG = "conversion_sync/sync"
-CHECK_NAME = "rejected_row_rate"
 SENSOR_INTERVAL_S = 15
 MAX_ERROR_CHARS = 4000
 STORE_TIMEOUT_S = 5
@@ -234,7 +234,9 @@ def run_failure_alert_sensor(project: ProjectConfig) -> dg.SensorDefinition:
         description=f"POSTs a JSON alert to ${WEBHOOK_URL_ENV} (when set) for every failed run: sync, run, "
         "error, counts so far and a link to the run page",
     )
-    def alert_on_run_failure(context: dg.RunFailureSensorContext, contact_store: ContactStore) -> None:
+    def alert_on_run_failure(
+        context: dg.RunFailureSensorContext, contact_store: dg.ResourceParam[ContactStore]
+    ) -> None:
         run_id = context.dagster_run.run_id
         if webhook_url() is None:
             context.log.info(f"{WEBHOOK_URL_ENV} is not set: no alert for failed run {run_id}")
@@ -282,7 +284,9 @@ def sync_logs_failure_sensor(project: ProjectConfig) -> dg.SensorDefinition:
         description="Appends each failed sync run (error, counts so far, rejected rows) to the sync_logs "
         "schema of its warehouse, for warehouses that configure sync_logs",
     )
-    def sync_logs_on_run_failure(context: dg.RunFailureSensorContext, contact_store: ContactStore) -> None:
+    def sync_logs_on_run_failure(
+        context: dg.RunFailureSensorContext, contact_store: dg.ResourceParam[ContactStore]
+    ) -> None:
         run = context.dagster_run
         started, finished = _run_times(context.instance, run.run_id)
         step_error = next((message for _, message in _step_errors(context) if message), None)

@@ -1,46 +1,32 @@
-"""Dagster definitions per sync: a graph-backed asset (query → validate → write), job, schedule, sensor, check."""
+"""A sync as a graph-backed asset (query → validate → write) with its materialization metadata and the
+`rejected_row_rate` check.
+
+No `from __future__ import annotations` here: Dagster reads the ops' resource annotations at runtime.
+"""
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
-from conversion_sync.syncs.broken import SYNC_GROUP
 from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
 from conversion_sync.syncs.template import format_timestamp
 from conversion_sync.warehouses.sync_logs import write_sync_log
 
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 COUNT_KEYS = ("queried", "added", "changed", "unchanged", "removed", "rejected", "skipped")
+CHECK_NAME = "rejected_row_rate"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-@dataclass
-class SyncDefinitions:
-    assets: list[dg.AssetsDefinition] = field(default_factory=list)
-    jobs: list[Any] = field(default_factory=list)
-    schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
-    sensors: list[dg.SensorDefinition] = field(default_factory=list)
-    checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+Store = dg.ResourceParam[ContactStore]
+Matcher = dg.ResourceParam[IdentityMatcher]
 
 
 def asset_key(sync_name: str) -> dg.AssetKey:
     return dg.AssetKey(f"sync_{sync_name}")
-
-
-def job_name(sync_name: str) -> str:
-    return f"sync_{sync_name}"
 
 
 def _runner(
@@ -88,7 +74,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         description=f"Querying {sync.warehouse} ({warehouse_kind}) and staging the rows in the store",
         tags={"step": "query"},
     )
-    def query(context: dg.OpExecutionContext, contact_store: ContactStore, identity: IdentityMatcher) -> str:
+    def query(context: dg.OpExecutionContext, contact_store: Store, identity: Matcher) -> str:
         try:
             table = _runner(sync, project, contact_store, identity).query(context.run_id)
         except SyncFailed as exc:
@@ -100,9 +86,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         name=f"{sync.name}_validate",
         description="Preparing: validating rows, rejecting bad ones with a reason",
     )
-    def validate(
-        context: dg.OpExecutionContext, table: str, contact_store: ContactStore, identity: IdentityMatcher
-    ) -> str:
+    def validate(context: dg.OpExecutionContext, table: str, contact_store: Store, identity: Matcher) -> str:
         result = _runner(sync, project, contact_store, identity).validate(table)
         context.log.info(
             f"{result.accepted} rows accepted, {result.rejected} rejected of {result.queried} queried"
@@ -114,9 +98,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         description=f"Writing to {sync.destination.type} and moving the watermark",
         out=dg.Out(dg.Nothing),  # the data lives in the store; nothing goes through an IO manager
     )
-    def write(
-        context: dg.OpExecutionContext, table: str, contact_store: ContactStore, identity: IdentityMatcher
-    ) -> None:
+    def write(context: dg.OpExecutionContext, table: str, contact_store: Store, identity: Matcher) -> None:
         outcome = _runner(sync, project, contact_store, identity).write(table)
         context.add_output_metadata(outcome_metadata(outcome))
         context.log.info(", ".join(f"{k}={v}" for k, v in outcome.counts.items()))
@@ -167,66 +149,13 @@ def _tag_value(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", value)[:63]
 
 
-def in_progress_run(
-    context: dg.ScheduleEvaluationContext | dg.SensorEvaluationContext, job: str
-) -> str | None:
-    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=IN_PROGRESS), limit=1)
-    return runs[0].run_id if runs else None
-
-
-def sync_schedule(sync: SyncConfig, job: Any) -> dg.ScheduleDefinition | None:
-    cron = sync.cron_schedule
-    if cron is None:
-        return None
-    name = job_name(sync.name)
-
-    @dg.schedule(
-        name=f"{name}_schedule",
-        cron_schedule=cron,
-        job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING if sync.enabled else dg.DefaultScheduleStatus.STOPPED,
-        description=f"{sync.schedule} ({cron}); a tick while the previous run is in progress is skipped",
-        execution_timezone="UTC",
-    )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        running = in_progress_run(context, name)
-        if running:
-            return dg.SkipReason(f"sync '{sync.name}' is still running (run {running}); this tick is skipped")
-        return dg.RunRequest()
-
-    return _schedule
-
-
-def after_sensor(sync: SyncConfig, job: Any, upstream_jobs: list[Any]) -> dg.SensorDefinition:
-    name = job_name(sync.name)
-
-    @dg.run_status_sensor(
-        name=f"{name}_after_upstream",
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=upstream_jobs,
-        request_job=job,
-        default_status=dg.DefaultSensorStatus.RUNNING if sync.enabled else dg.DefaultSensorStatus.STOPPED,
-        description=f"Runs {sync.name} when {', '.join(sync.after)} succeeds",
-    )
-    def _after(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-        running = in_progress_run(context, name)
-        if running:
-            return dg.SkipReason(f"sync '{sync.name}' is already running (run {running})")
-        upstream = context.dagster_run
-        return dg.RunRequest(
-            run_key=f"after-{upstream.run_id}", tags={"conversion_sync/after_run": upstream.run_id}
-        )
-
-    return _after
-
-
 def rejected_rate_check(sync: SyncConfig) -> dg.AssetChecksDefinition:
     key = asset_key(sync.name)
     threshold = sync.rejected_rate_threshold
 
     @dg.asset_check(
         asset=key,
-        name="rejected_row_rate",
+        name=CHECK_NAME,
         description=f"Fails when more than {threshold:.0%} of the queried rows are rejected",
     )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -243,28 +172,3 @@ def rejected_rate_check(sync: SyncConfig) -> dg.AssetChecksDefinition:
         )
 
     return _check
-
-
-def build_sync_definitions(project: ProjectConfig) -> SyncDefinitions:
-    """Everything Dagster needs for the valid syncs of a config."""
-    out = SyncDefinitions()
-    jobs: dict[str, Any] = {}
-    for sync in project.syncs.values():
-        out.assets.append(sync_asset(sync, project))
-        out.checks.append(rejected_rate_check(sync))
-        jobs[sync.name] = dg.define_asset_job(
-            job_name(sync.name),
-            selection=dg.AssetSelection.assets(asset_key(sync.name)),
-            description=sync.description or None,
-            tags={"conversion_sync/sync": sync.name},
-            # the three steps run one after the other on one store; a process per step only adds seconds
-            executor_def=dg.in_process_executor,
-        )
-    out.jobs = list(jobs.values())
-    for sync in project.syncs.values():
-        schedule = sync_schedule(sync, jobs[sync.name])
-        if schedule is not None:
-            out.schedules.append(schedule)
-        if sync.after:
-            out.sensors.append(after_sensor(sync, jobs[sync.name], [jobs[name] for name in sync.after]))
-    return out

@@ -42,18 +42,3 @@ def broken_sync_asset(broken: BrokenSync) -> dg.AssetsDefinition:
         )
 
     return _broken
-
-
-def config_problems_asset(problems: list[ConfigProblem]) -> dg.AssetsDefinition:
-    """Problems in warehouses.yaml, schema.yaml or salesforce.yaml, shown as one failing asset."""
-
-    @dg.asset(
-        name="config_problems",
-        group_name="config",
-        description="The shared config files have problems:\n\n" + problems_markdown(problems),
-        tags={"conversion_sync/config": "broken"},
-    )
-    def _config_problems() -> None:
-        raise dg.Failure(description="\n".join(str(p) for p in problems))
-
-    return _config_problems
