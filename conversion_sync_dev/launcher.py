@@ -25,10 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def dagster_ui_command(host: str, port: int | str) -> list[str]:
-    """`dg dev` on host:port, run from REPO_ROOT with the repository's workspace.yaml: the webserver, the daemon
-    and the code server, in the process group of the `dg` process."""
-    workspace = str(REPO_ROOT / "workspace.yaml")
-    return [str(Path(sys.executable).parent / "dg"), "dev", "-w", workspace, "-h", host, "-p", str(port)]
+    """`dg dev` on host:port, run from REPO_ROOT: the code location is the project [tool.dg] in pyproject.toml
+    names; the webserver, the daemon and the code server run in the process group of the `dg` process."""
+    return [str(Path(sys.executable).parent / "dg"), "dev", "-h", host, "-p", str(port)]
 
 
 def prepare_dagster_home(data_dir: Path) -> Path:
