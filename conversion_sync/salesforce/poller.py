@@ -1,4 +1,4 @@
-"""Salesforce polling (SPEC §4): Accounts → companies, Leads and Contacts → contacts, incremental on SystemModstamp."""
+"""Salesforce polling: Accounts → companies, Leads and Contacts → contacts, incremental on SystemModstamp."""
 
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from conversion_sync.store.contacts import (
     email_key_sql,
     incoming_wins_sql,
     lock_identities,
+    sql_literal,
     trimmed_email_sql,
 )
 from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync.store.sql_text import quote_ident
 
 POLL_ORDER = ("Account", "Lead", "Contact")
 """Accounts first, so companies exist before people link to them; Leads before Contacts, so a converted
@@ -70,6 +72,9 @@ CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 """Fields every poll reads besides the mapped ones: identity, deletion/merge, conversion, company link."""
+
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(%s)"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(%s)"
 
 _STAGED_COLUMNS = (
     "sf_id",
@@ -255,7 +260,7 @@ class SalesforcePoller:
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         with self.store.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (POLL_LOCK_KEY,)).scalar_one():
+            if not conn.exec_driver_sql(TRY_LOCK_SQL, (POLL_LOCK_KEY,)).scalar_one():
                 raise PollInProgress(
                     "another Salesforce poll is running against this store (it holds the poll lock); "
                     "this run did nothing"
@@ -263,7 +268,7 @@ class SalesforcePoller:
             try:
                 yield
             finally:
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (POLL_LOCK_KEY,))
+                conn.exec_driver_sql(UNLOCK_SQL, (POLL_LOCK_KEY,))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -352,15 +357,23 @@ def _parse_datetime(text: str) -> datetime:
 # -- cursors ----------------------------------------------------------------------------------
 
 
+READ_CURSOR_SQL = "SELECT watermark FROM sync_state WHERE sync_name = %s"
+
+SAVE_CURSOR_SQL = """
+    INSERT INTO sync_state (sync_name, watermark, cursor, last_run_id, last_success_at, updated_at)
+    VALUES (%(name)s, %(watermark)s, %(cursor)s::jsonb, %(run)s, now(), now())
+    ON CONFLICT (sync_name) DO UPDATE SET watermark = GREATEST(sync_state.watermark, EXCLUDED.watermark),
+        cursor = EXCLUDED.cursor, last_run_id = EXCLUDED.last_run_id, last_success_at = now(),
+        updated_at = now()"""
+
+
 def cursor_name(sobject: str) -> str:
     return f"{CURSOR_PREFIX}{sobject}"
 
 
 def read_cursor(conn: sa.Connection, sobject: str) -> datetime | None:
     """The SystemModstamp up to which `sobject` is committed, None before the first load."""
-    return conn.exec_driver_sql(
-        "SELECT watermark FROM sync_state WHERE sync_name = %s", (cursor_name(sobject),)
-    ).scalar()
+    return conn.exec_driver_sql(READ_CURSOR_SQL, (cursor_name(sobject),)).scalar()
 
 
 def save_cursor(
@@ -374,16 +387,24 @@ def save_cursor(
         "system_modstamp": watermark.isoformat(),
     }
     conn.exec_driver_sql(
-        """INSERT INTO sync_state (sync_name, watermark, cursor, last_run_id, last_success_at, updated_at)
-        VALUES (%(name)s, %(watermark)s, %(cursor)s::jsonb, %(run)s, now(), now())
-        ON CONFLICT (sync_name) DO UPDATE SET watermark = GREATEST(sync_state.watermark, EXCLUDED.watermark),
-            cursor = EXCLUDED.cursor, last_run_id = EXCLUDED.last_run_id, last_success_at = now(),
-            updated_at = now()""",
+        SAVE_CURSOR_SQL,
         {"name": cursor_name(sobject), "watermark": watermark, "cursor": json.dumps(details), "run": run_id},
     )
 
 
 # -- staging ----------------------------------------------------------------------------------
+
+
+CREATE_STAGED_RECORDS_SQL = """
+    CREATE TEMP TABLE _sf_records (
+        sf_id text PRIMARY KEY, is_deleted boolean NOT NULL, master_id text, email text, account_id text,
+        is_converted boolean NOT NULL, converted_contact_id text, converted_account_id text,
+        last_modified timestamptz, system_modstamp timestamptz, fields jsonb NOT NULL
+    ) ON COMMIT DROP"""
+
+COPY_STAGED_RECORDS_SQL = f"COPY _sf_records ({', '.join(_STAGED_COLUMNS)}) FROM STDIN"
+
+ANALYZE_STAGED_RECORDS_SQL = "ANALYZE _sf_records"
 
 
 def staged_rows(
@@ -425,22 +446,13 @@ def staged_rows(
 
 def stage_records(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """COPY one batch into the transaction's temp table _sf_records."""
-    conn.exec_driver_sql(
-        """CREATE TEMP TABLE _sf_records (
-            sf_id text PRIMARY KEY, is_deleted boolean NOT NULL, master_id text, email text, account_id text,
-            is_converted boolean NOT NULL, converted_contact_id text, converted_account_id text,
-            last_modified timestamptz, system_modstamp timestamptz, fields jsonb NOT NULL
-        ) ON COMMIT DROP"""
-    )
+    conn.exec_driver_sql(CREATE_STAGED_RECORDS_SQL)
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    with (
-        raw.cursor() as cursor,
-        cursor.copy(f"COPY _sf_records ({', '.join(_STAGED_COLUMNS)}) FROM STDIN") as copy,  # type: ignore[attr-defined]
-    ):
+    with raw.cursor() as cursor, cursor.copy(COPY_STAGED_RECORDS_SQL) as copy:  # type: ignore[attr-defined]
         for row in rows:
             copy.write_row(row)
-    conn.exec_driver_sql("ANALYZE _sf_records")
+    conn.exec_driver_sql(ANALYZE_STAGED_RECORDS_SQL)
 
 
 # -- field sync -------------------------------------------------------------------------------
@@ -456,46 +468,134 @@ class FieldSyncSql:
     flags: list[str] = field(default_factory=list)
 
 
+def _applies_sql(preference: str, new: str, current: str, newer: str) -> str:
+    """When a mapped field's Salesforce value `new` replaces the store's `current` one."""
+    if preference == "salesforce_wins":
+        return f"{current} IS DISTINCT FROM {new}"
+    if preference == "conversion_wins":
+        return f"{new} IS NOT NULL AND {current} IS NULL AND {newer}"
+    return f"{new} IS NOT NULL AND {newer} AND {current} IS DISTINCT FROM {new}"
+
+
 def field_sync_sql(mapped: Sequence[MappedField], *, bag: str) -> FieldSyncSql:
     """Per mapped field: the Salesforce value applies when the record's LastModifiedDate wins over the
-    field's field_updated_at by the contacts' merge rule (most_recent; Salesforce nulls never clear a value), always when it differs
-    (salesforce_wins), or only into an empty field (conversion_wins). `bag` is the jsonb column for
-    fields that are not columns."""
+    field's field_updated_at by the contacts' merge rule (most_recent; Salesforce nulls never clear a value),
+    always when it differs (salesforce_wins), or only into an empty field (conversion_wins). `bag` is the
+    jsonb column for fields that are not columns. Names are quoted: columns as identifiers, keys as literals."""
     sql = FieldSyncSql()
+    bag_column = quote_ident(bag)
     bag_parts: list[str] = []
     stamp_parts: list[str] = []
     for i, m in enumerate(mapped):
-        name = m.store_field
+        column, key = quote_ident(m.store_field), sql_literal(m.store_field)
         if m.is_column:
-            new, current = f"(r.fields ->> '{name}')", f"cur.{name}"
+            new, current = f"(r.fields ->> {key})", f"cur.{column}"
         else:
-            new, current = f"NULLIF(r.fields -> '{name}', 'null'::jsonb)", f"(cur.{bag} -> '{name}')"
-        newer = incoming_wins_sql(name, "r.last_modified", stamps="cur.field_updated_at")
-        if m.preference == "salesforce_wins":
-            applies = f"{current} IS DISTINCT FROM {new}"
-        elif m.preference == "conversion_wins":
-            applies = f"{new} IS NOT NULL AND {current} IS NULL AND {newer}"
-        else:
-            applies = f"{new} IS NOT NULL AND {newer} AND {current} IS DISTINCT FROM {new}"
+            new, current = f"NULLIF(r.fields -> {key}, 'null'::jsonb)", f"(cur.{bag_column} -> {key})"
+        newer = incoming_wins_sql(m.store_field, "r.last_modified", stamps="cur.field_updated_at")
+        applies = _applies_sql(m.preference, new, current, newer)
         sql.decisions += [f"{new} AS new_{i}", f"coalesce({applies}, false) AS apply_{i}"]
         sql.flags.append(f"d.apply_{i}")
         if m.is_column:
-            sql.sets.append(f"{name} = CASE WHEN d.apply_{i} THEN d.new_{i} ELSE t.{name} END")
+            sql.sets.append(f"{column} = CASE WHEN d.apply_{i} THEN d.new_{i} ELSE t.{column} END")
         else:
             bag_parts.append(
-                f"CASE WHEN d.apply_{i} THEN jsonb_build_object('{name}', d.new_{i}) ELSE '{{}}' END"
+                f"CASE WHEN d.apply_{i} THEN jsonb_build_object({key}, d.new_{i}) ELSE '{{}}' END"
             )
         stamp_parts.append(
-            f"CASE WHEN d.apply_{i} THEN jsonb_build_object('{name}', to_jsonb(d.ts)) ELSE '{{}}' END"
+            f"CASE WHEN d.apply_{i} THEN jsonb_build_object({key}, to_jsonb(d.ts)) ELSE '{{}}' END"
         )
     if bag_parts:
-        sql.sets.append(f"{bag} = t.{bag} || " + " || ".join(bag_parts))
+        sql.sets.append(f"{bag_column} = t.{bag_column} || " + " || ".join(bag_parts))
     if stamp_parts:
         sql.sets.append("field_updated_at = t.field_updated_at || " + " || ".join(stamp_parts))
     return sql
 
 
 # -- merging people (Leads, Contacts) -----------------------------------------------------------
+
+LIVE_PERSON = "NOT is_deleted AND NOT is_converted"
+"""A staged Lead or Contact that is neither deleted nor converted."""
+
+UNLINK_DELETED_PEOPLE_SQL = """
+    UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
+    FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_id = r.sf_id"""
+
+COUNT_PEOPLE_WITHOUT_EMAIL_SQL = (
+    f"SELECT count(*) FROM _sf_records WHERE {LIVE_PERSON} AND {email_key_sql('email')} IS NULL"
+)
+
+STAGE_PERSON_IDENTITIES_SQL = f"""
+    CREATE TEMP TABLE _sf_identities ON COMMIT DROP AS
+    SELECT sf_id, %(type)s::text AS sf_type, {trimmed_email_sql("email")} AS email,
+           NULL::bigint AS contact_id, NULL::text AS outcome
+    FROM _sf_records WHERE {LIVE_PERSON} AND {email_key_sql("email")} IS NOT NULL"""
+
+CREATE_CONTACT_COMPANIES_SQL = """
+    INSERT INTO companies (salesforce_account_id)
+    SELECT DISTINCT r.account_id FROM _sf_records r
+    WHERE r.account_id IS NOT NULL AND NOT r.is_deleted
+      AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = r.account_id)
+    ON CONFLICT (salesforce_account_id) DO NOTHING"""
+"""A company for each Account a staged Contact belongs to that the store does not know yet."""
+
+CREATE_RELINKS_SQL = """
+    CREATE TEMP TABLE _sf_relinks ON COMMIT DROP AS
+    SELECT sf_id AS from_id, master_id AS to_id, %(type)s::text AS to_type, NULL::text AS to_account_id,
+           'merged' AS kind
+    FROM _sf_records WHERE is_deleted AND master_id IS NOT NULL
+    UNION ALL
+    SELECT sf_id, converted_contact_id, 'Contact', converted_account_id, 'converted'
+    FROM _sf_records WHERE is_converted AND converted_contact_id IS NOT NULL"""
+
+CREATE_RELINK_COMPANIES_SQL = """
+    INSERT INTO companies (salesforce_account_id)
+    SELECT DISTINCT l.to_account_id FROM _sf_relinks l
+    WHERE l.to_account_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = l.to_account_id)
+    ON CONFLICT (salesforce_account_id) DO NOTHING"""
+
+PLAN_MOVES_SQL = """
+    CREATE TEMP TABLE _sf_moves ON COMMIT DROP AS
+    SELECT l.kind, l.from_id, l.to_id, l.to_type, l.to_account_id, moving.id AS contact_id,
+           coalesce(kept.id, first_value(moving.id) OVER newest) AS kept_contact_id,
+           kept.id IS NULL AND row_number() OVER newest = 1 AS takes_link
+    FROM _sf_relinks l JOIN contacts moving ON moving.salesforce_id = l.from_id
+    LEFT JOIN contacts kept ON kept.salesforce_id = l.to_id
+    WINDOW newest AS (PARTITION BY l.to_id ORDER BY moving.updated_at DESC, moving.id DESC)"""
+"""Per store contact linked to a merged or converted record: whether it takes the new link (the target has
+no store contact yet and it is the most recently updated one moving there)."""
+
+UNLINK_LOSING_MOVES_SQL = """
+    UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
+    FROM _sf_moves m WHERE c.id = m.contact_id AND NOT m.takes_link"""
+
+RELINK_MOVES_SQL = """
+    UPDATE contacts c SET salesforce_id = m.to_id, salesforce_type = m.to_type,
+        company_id = CASE WHEN m.to_account_id IS NULL THEN c.company_id ELSE co.id END, updated_at = now()
+    FROM _sf_moves m LEFT JOIN companies co ON co.salesforce_account_id = m.to_account_id
+    WHERE c.id = m.contact_id AND m.takes_link"""
+
+RELINK_CONFLICTS_SQL = f"""
+    SELECT kind, from_id, to_id, contact_id, kept_contact_id FROM _sf_moves WHERE NOT takes_link
+    ORDER BY contact_id LIMIT {CONFLICT_PREVIEW_LIMIT:d}"""
+
+
+def people_fields_update_sql(sync: FieldSyncSql, *, with_company: bool) -> str:
+    """The UPDATE of matched contacts' mapped fields (and, for Contacts, their company); it returns how many
+    contacts matched by Salesforce id it changed."""
+    company_join = "LEFT JOIN companies co ON co.salesforce_account_id = r.account_id" if with_company else ""
+    return f"""
+    WITH d AS (
+        SELECT i.contact_id, i.outcome, r.last_modified AS ts, {", ".join(sync.decisions)}
+        FROM _sf_identities i JOIN _sf_records r ON r.sf_id = i.sf_id
+        JOIN contacts cur ON cur.id = i.contact_id {company_join}
+    ), changed AS (
+        UPDATE contacts t SET {", ".join([*sync.sets, "updated_at = now()"])}
+        FROM d WHERE t.id = d.contact_id AND ({" OR ".join(sync.flags)})
+        RETURNING d.outcome
+    )
+    SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'"""
 
 
 def merge_people(
@@ -506,25 +606,12 @@ def merge_people(
     counts: RecordCounts,
     conflicts: list[dict[str, Any]],
 ) -> None:
-    """Merged/converted records re-link, deleted ones unlink, live ones with email are matched (SPEC §5)
-    and their mapped fields synced; all set-based over _sf_records."""
+    """Merged/converted records re-link, deleted ones unlink, live ones with email are matched by the
+    identity rules and their mapped fields synced; all set-based over _sf_records."""
     relink_people(conn, sobject, counts, conflicts)
-    counts.unlinked += conn.exec_driver_sql(
-        """UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
-        FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_id = r.sf_id"""
-    ).rowcount
-    live = "NOT is_deleted AND NOT is_converted"
-    counts.skipped_no_email += conn.exec_driver_sql(
-        f"SELECT count(*) FROM _sf_records WHERE {live} AND {email_key_sql('email')} IS NULL"
-    ).scalar_one()
-    resolvable = conn.exec_driver_sql(
-        f"""CREATE TEMP TABLE _sf_identities ON COMMIT DROP AS
-        SELECT sf_id, %(type)s::text AS sf_type, {trimmed_email_sql("email")} AS email,
-               NULL::bigint AS contact_id, NULL::text AS outcome
-        FROM _sf_records WHERE {live} AND {email_key_sql("email")} IS NOT NULL""",
-        {"type": sobject},
-    ).rowcount
-    if not resolvable:
+    counts.unlinked += conn.exec_driver_sql(UNLINK_DELETED_PEOPLE_SQL).rowcount
+    counts.skipped_no_email += conn.exec_driver_sql(COUNT_PEOPLE_WITHOUT_EMAIL_SQL).scalar_one()
+    if not conn.exec_driver_sql(STAGE_PERSON_IDENTITIES_SQL, {"type": sobject}).rowcount:
         return
     matched = identity.resolve_table(
         conn,
@@ -536,39 +623,25 @@ def merge_people(
     )
     counts.created += matched.created
     counts.linked += matched.linked_by_email
+    updated = sync_people_fields(conn, sobject, mapped)
+    counts.updated += updated
+    counts.unchanged += matched.matched_by_salesforce_id - updated
+
+
+def sync_people_fields(conn: sa.Connection, sobject: str, mapped: Sequence[MappedField]) -> int:
+    """Sync the matched contacts' mapped fields (Contacts: also their Account's company); returns how many
+    contacts matched by Salesforce id changed."""
     is_contact = sobject == "Contact"
     if is_contact:
-        conn.exec_driver_sql(
-            """INSERT INTO companies (salesforce_account_id)
-            SELECT DISTINCT r.account_id FROM _sf_records r
-            WHERE r.account_id IS NOT NULL AND NOT r.is_deleted
-              AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = r.account_id)
-            ON CONFLICT (salesforce_account_id) DO NOTHING"""
-        )
+        conn.exec_driver_sql(CREATE_CONTACT_COMPANIES_SQL)
     sync = field_sync_sql(mapped, bag="custom_fields")
     if is_contact:
         sync.decisions += ["co.id AS company_id", "cur.company_id IS DISTINCT FROM co.id AS apply_company"]
         sync.sets.append("company_id = CASE WHEN d.apply_company THEN d.company_id ELSE t.company_id END")
         sync.flags.append("d.apply_company")
-    updated = 0
-    if sync.flags:
-        company_join = (
-            "LEFT JOIN companies co ON co.salesforce_account_id = r.account_id" if is_contact else ""
-        )
-        updated = conn.exec_driver_sql(
-            f"""WITH d AS (
-                SELECT i.contact_id, i.outcome, r.last_modified AS ts, {", ".join(sync.decisions)}
-                FROM _sf_identities i JOIN _sf_records r ON r.sf_id = i.sf_id
-                JOIN contacts cur ON cur.id = i.contact_id {company_join}
-            ), changed AS (
-                UPDATE contacts t SET {", ".join([*sync.sets, "updated_at = now()"])}
-                FROM d WHERE t.id = d.contact_id AND ({" OR ".join(sync.flags)})
-                RETURNING d.outcome
-            )
-            SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'"""
-        ).scalar_one()
-    counts.updated += updated
-    counts.unchanged += matched.matched_by_salesforce_id - updated
+    if not sync.flags:
+        return 0
+    return int(conn.exec_driver_sql(people_fields_update_sql(sync, with_company=is_contact)).scalar_one())
 
 
 def relink_people(
@@ -578,48 +651,12 @@ def relink_people(
     Contact's Account's company). When the target already has a store contact, that one keeps the link,
     the other is unlinked and reported."""
     run = conn.exec_driver_sql
-    relinks = run(
-        """CREATE TEMP TABLE _sf_relinks ON COMMIT DROP AS
-        SELECT sf_id AS from_id, master_id AS to_id, %(type)s::text AS to_type, NULL::text AS to_account_id,
-               'merged' AS kind
-        FROM _sf_records WHERE is_deleted AND master_id IS NOT NULL
-        UNION ALL
-        SELECT sf_id, converted_contact_id, 'Contact', converted_account_id, 'converted'
-        FROM _sf_records WHERE is_converted AND converted_contact_id IS NOT NULL""",
-        {"type": sobject},
-    ).rowcount
-    if not relinks:
+    if not run(CREATE_RELINKS_SQL, {"type": sobject}).rowcount:
         return
-    run(
-        """INSERT INTO companies (salesforce_account_id)
-        SELECT DISTINCT l.to_account_id FROM _sf_relinks l
-        WHERE l.to_account_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM companies co WHERE co.salesforce_account_id = l.to_account_id)
-        ON CONFLICT (salesforce_account_id) DO NOTHING"""
-    )
-    run(
-        """CREATE TEMP TABLE _sf_moves ON COMMIT DROP AS
-        SELECT l.kind, l.from_id, l.to_id, l.to_type, l.to_account_id, moving.id AS contact_id,
-               coalesce(kept.id, first_value(moving.id) OVER newest) AS kept_contact_id,
-               kept.id IS NULL AND row_number() OVER newest = 1 AS takes_link
-        FROM _sf_relinks l JOIN contacts moving ON moving.salesforce_id = l.from_id
-        LEFT JOIN contacts kept ON kept.salesforce_id = l.to_id
-        WINDOW newest AS (PARTITION BY l.to_id ORDER BY moving.updated_at DESC, moving.id DESC)"""
-    )
-    counts.conflicts += run(
-        """UPDATE contacts c SET salesforce_id = NULL, salesforce_type = NULL, updated_at = now()
-        FROM _sf_moves m WHERE c.id = m.contact_id AND NOT m.takes_link"""
-    ).rowcount
-    counts.relinked += run(
-        """UPDATE contacts c SET salesforce_id = m.to_id, salesforce_type = m.to_type,
-            company_id = CASE WHEN m.to_account_id IS NULL THEN c.company_id ELSE co.id END, updated_at = now()
-        FROM _sf_moves m LEFT JOIN companies co ON co.salesforce_account_id = m.to_account_id
-        WHERE c.id = m.contact_id AND m.takes_link"""
-    ).rowcount
-    rows = run(
-        f"""SELECT kind, from_id, to_id, contact_id, kept_contact_id FROM _sf_moves WHERE NOT takes_link
-        ORDER BY contact_id LIMIT {CONFLICT_PREVIEW_LIMIT}"""
-    ).all()
+    run(CREATE_RELINK_COMPANIES_SQL)
+    run(PLAN_MOVES_SQL)
+    counts.conflicts += run(UNLINK_LOSING_MOVES_SQL).rowcount
+    counts.relinked += run(RELINK_MOVES_SQL).rowcount
     conflicts.extend(
         {
             "kind": kind,
@@ -628,59 +665,69 @@ def relink_people(
             "unlinked_contact_id": contact_id,
             "kept_contact_id": kept,
         }
-        for kind, from_id, to_id, contact_id, kept in rows
+        for kind, from_id, to_id, contact_id, kept in run(RELINK_CONFLICTS_SQL).all()
     )
 
 
 # -- merging companies (Accounts) -------------------------------------------------------------
+
+PLAN_COMPANY_MOVES_SQL = """
+    CREATE TEMP TABLE _sf_company_moves ON COMMIT DROP AS
+    SELECT r.master_id AS to_id, moving.id AS company_id,
+           kept.id IS NULL AND row_number() OVER (
+               PARTITION BY r.master_id ORDER BY moving.updated_at DESC, moving.id DESC) = 1 AS takes_link
+    FROM _sf_records r JOIN companies moving ON moving.salesforce_account_id = r.sf_id
+    LEFT JOIN companies kept ON kept.salesforce_account_id = r.master_id
+    WHERE r.is_deleted AND r.master_id IS NOT NULL"""
+
+UNLINK_LOSING_COMPANY_MOVES_SQL = """
+    UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
+    FROM _sf_company_moves m WHERE c.id = m.company_id AND NOT m.takes_link"""
+
+RELINK_COMPANY_MOVES_SQL = """
+    UPDATE companies c SET salesforce_account_id = m.to_id, updated_at = now()
+    FROM _sf_company_moves m WHERE c.id = m.company_id AND m.takes_link"""
+
+UNLINK_DELETED_COMPANIES_SQL = """
+    UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
+    FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_account_id = r.sf_id"""
+
+CREATE_ACCOUNT_COMPANIES_SQL = """
+    INSERT INTO companies (salesforce_account_id) SELECT sf_id FROM _sf_records WHERE NOT is_deleted
+    ON CONFLICT (salesforce_account_id) DO NOTHING"""
+
+COUNT_LIVE_ACCOUNTS_SQL = "SELECT count(*) FROM _sf_records WHERE NOT is_deleted"
+
+
+def company_fields_update_sql(sync: FieldSyncSql) -> str:
+    """The UPDATE of live Accounts' companies' mapped fields; it returns how many existing companies changed
+    (not those this batch created)."""
+    return f"""
+    WITH d AS (
+        SELECT cur.id AS company_id, cur.created_at = now() AS is_new, r.last_modified AS ts,
+               {", ".join(sync.decisions)}
+        FROM _sf_records r JOIN companies cur ON cur.salesforce_account_id = r.sf_id
+        WHERE NOT r.is_deleted
+    ), changed AS (
+        UPDATE companies t SET {", ".join([*sync.sets, "updated_at = now()"])}
+        FROM d WHERE t.id = d.company_id AND ({" OR ".join(sync.flags)})
+        RETURNING d.is_new
+    )
+    SELECT count(*) FROM changed WHERE NOT is_new"""
 
 
 def merge_accounts(conn: sa.Connection, mapped: Sequence[MappedField], counts: RecordCounts) -> None:
     """Accounts → companies by salesforce_account_id: a merged Account's company takes the master's id unless
     the master has one; a deleted Account's company is unlinked (it stays); live ones are upserted."""
     run = conn.exec_driver_sql
-    run(
-        """CREATE TEMP TABLE _sf_company_moves ON COMMIT DROP AS
-        SELECT r.master_id AS to_id, moving.id AS company_id,
-               kept.id IS NULL AND row_number() OVER (
-                   PARTITION BY r.master_id ORDER BY moving.updated_at DESC, moving.id DESC) = 1 AS takes_link
-        FROM _sf_records r JOIN companies moving ON moving.salesforce_account_id = r.sf_id
-        LEFT JOIN companies kept ON kept.salesforce_account_id = r.master_id
-        WHERE r.is_deleted AND r.master_id IS NOT NULL"""
-    )
-    counts.unlinked += run(
-        """UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
-        FROM _sf_company_moves m WHERE c.id = m.company_id AND NOT m.takes_link"""
-    ).rowcount
-    counts.relinked += run(
-        """UPDATE companies c SET salesforce_account_id = m.to_id, updated_at = now()
-        FROM _sf_company_moves m WHERE c.id = m.company_id AND m.takes_link"""
-    ).rowcount
-    counts.unlinked += run(
-        """UPDATE companies c SET salesforce_account_id = NULL, updated_at = now()
-        FROM _sf_records r WHERE r.is_deleted AND r.master_id IS NULL AND c.salesforce_account_id = r.sf_id"""
-    ).rowcount
-    created = run(
-        """INSERT INTO companies (salesforce_account_id) SELECT sf_id FROM _sf_records WHERE NOT is_deleted
-        ON CONFLICT (salesforce_account_id) DO NOTHING"""
-    ).rowcount
+    run(PLAN_COMPANY_MOVES_SQL)
+    counts.unlinked += run(UNLINK_LOSING_COMPANY_MOVES_SQL).rowcount
+    counts.relinked += run(RELINK_COMPANY_MOVES_SQL).rowcount
+    counts.unlinked += run(UNLINK_DELETED_COMPANIES_SQL).rowcount
+    created = run(CREATE_ACCOUNT_COMPANIES_SQL).rowcount
     counts.created += created
-    live = run("SELECT count(*) FROM _sf_records WHERE NOT is_deleted").scalar_one()
+    live = run(COUNT_LIVE_ACCOUNTS_SQL).scalar_one()
     sync = field_sync_sql(mapped, bag="fields")
-    updated = 0
-    if sync.flags:
-        updated = run(
-            f"""WITH d AS (
-                SELECT cur.id AS company_id, cur.created_at = now() AS is_new, r.last_modified AS ts,
-                       {", ".join(sync.decisions)}
-                FROM _sf_records r JOIN companies cur ON cur.salesforce_account_id = r.sf_id
-                WHERE NOT r.is_deleted
-            ), changed AS (
-                UPDATE companies t SET {", ".join([*sync.sets, "updated_at = now()"])}
-                FROM d WHERE t.id = d.company_id AND ({" OR ".join(sync.flags)})
-                RETURNING d.is_new
-            )
-            SELECT count(*) FROM changed WHERE NOT is_new"""
-        ).scalar_one()
+    updated = run(company_fields_update_sql(sync)).scalar_one() if sync.flags else 0
     counts.updated += updated
     counts.unchanged += live - created - updated
