@@ -45,6 +45,107 @@ def _latest_contacts(emails_table: str, normalized: str) -> str:
         ORDER BY c.email_normalized COLLATE "C", c.updated_at DESC, c.id DESC"""
 
 
+def _stage_keys_sql(
+    table: str, email_column: str, salesforce_id_column: str | None, salesforce_type_column: str | None
+) -> str:
+    """SQL: the temporary table of distinct identities of `table`: one row per Salesforce id, and one per
+    normalized email among the rows without a Salesforce id."""
+    sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
+    sf_type = salesforce_type_column or "NULL::text"
+    email = trimmed_email_sql(email_column)
+    return f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
+        SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
+               min({email_norm}) AS email_norm, min({email}) AS email,
+               NULL::bigint AS contact_id, NULL::text AS outcome
+        FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
+        UNION ALL
+        SELECT NULL, NULL, {email_norm}, min({email}), NULL::bigint, NULL::text
+        FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
+
+
+# Rule 1: the Salesforce id decides.
+_MATCH_BY_SALESFORCE_ID = f"""UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'matched_by_salesforce_id'
+    FROM contacts c WHERE k.salesforce_id IS NOT NULL AND c.salesforce_id = k.salesforce_id"""
+
+# Rule 2 for Salesforce records: link the most recently updated unlinked contact with the email; several new
+# Salesforce records with one email take the unlinked contacts in recency order.
+_LINK_BY_EMAIL = f"""WITH wanted AS (
+        SELECT ctid AS key_row, email_norm,
+               row_number() OVER (PARTITION BY email_norm ORDER BY salesforce_id) AS rank
+        FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NOT NULL AND email_norm IS NOT NULL
+    ), candidates AS (
+        SELECT id, email_normalized,
+               row_number() OVER (PARTITION BY email_normalized ORDER BY updated_at DESC, id DESC) AS rank
+        FROM contacts
+        WHERE salesforce_id IS NULL AND email_normalized IN (SELECT email_norm FROM wanted)
+    )
+    UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'linked_by_email'
+    FROM wanted w JOIN candidates c ON c.email_normalized = w.email_norm AND c.rank = w.rank
+    WHERE k.ctid = w.key_row"""
+
+_LINK_CONTACTS = f"""UPDATE contacts c SET salesforce_id = k.salesforce_id, salesforce_type = k.salesforce_type,
+           updated_at = now()
+    FROM {_KEYS} k WHERE k.outcome = 'linked_by_email' AND c.id = k.contact_id"""
+
+# Rule 3 for Salesforce records: a new contact each.
+_CREATE_FOR_SALESFORCE_IDS = f"""WITH created AS (
+        INSERT INTO contacts (email, email_normalized, salesforce_id, salesforce_type)
+        SELECT email, email_norm, salesforce_id, salesforce_type FROM {_KEYS}
+        WHERE contact_id IS NULL AND salesforce_id IS NOT NULL ORDER BY email_norm
+        RETURNING id, salesforce_id
+    )
+    UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
+    FROM created WHERE k.salesforce_id = created.salesforce_id"""
+
+# Rule 2 for plain emails: the most recently updated contact with the email, linked or not.
+_MATCH_BY_EMAIL = f"""UPDATE {_KEYS} k SET contact_id = m.id, outcome = 'matched_by_email'
+    FROM (
+        SELECT DISTINCT ON (email_normalized) id, email_normalized FROM contacts
+        WHERE email_normalized IN (
+            SELECT email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL)
+        ORDER BY email_normalized, updated_at DESC, id DESC
+    ) m
+    WHERE k.contact_id IS NULL AND k.salesforce_id IS NULL AND k.email_norm = m.email_normalized"""
+
+# Rule 3 for plain emails.
+_CREATE_FOR_EMAILS = f"""WITH created AS (
+        INSERT INTO contacts (email, email_normalized)
+        SELECT email, email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL
+        ORDER BY email_norm
+        RETURNING id, email_normalized
+    )
+    UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
+    FROM created WHERE k.salesforce_id IS NULL AND k.email_norm = created.email_normalized"""
+
+_COUNT_UNRESOLVED = f"SELECT count(*) FROM {_KEYS} WHERE contact_id IS NULL"
+
+
+def _write_back_sql(
+    table: str,
+    email_column: str,
+    salesforce_id_column: str | None,
+    contact_column: str,
+    outcome_column: str | None,
+) -> list[str]:
+    """SQL: copy each resolved identity's contact (and outcome) back to the rows of `table` that carry it."""
+    s_sf_id, s_email_norm = _key_expressions("s.", email_column, salesforce_id_column)
+    targets = f"{contact_column} = k.contact_id" + (
+        f", {outcome_column} = k.outcome" if outcome_column else ""
+    )
+    statements = []
+    if salesforce_id_column:
+        statements.append(
+            f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
+            WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
+        )
+    statements.append(
+        f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
+        WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NULL AND k.email_norm = {s_email_norm}
+          AND {s_sf_id} IS NULL"""
+    )
+    return statements
+
+
 class IdentityMatcher:
     """Resolves contacts for a staged set of identities, following three rules.
 
@@ -78,108 +179,37 @@ class IdentityMatcher:
         run on the table itself (or an updatable view), reading `normalized_email_column` if it has one.
         """
         lock_identities(conn)
-        sf_id, email_norm = _key_expressions("", email_column, salesforce_id_column)
-        sf_type = salesforce_type_column or "NULL::text"
-        run = conn.exec_driver_sql
         if unique_emails and not salesforce_id_column:
             return self._resolve_unique_emails(
                 conn, table, email_column, contact_column, outcome_column, create, normalized_email_column
             )
+        run = conn.exec_driver_sql
         run(f"DROP TABLE IF EXISTS {_KEYS}")
-        run(
-            f"""CREATE TEMP TABLE {_KEYS} ON COMMIT DROP AS
-            SELECT {sf_id} AS salesforce_id, min({sf_type}) AS salesforce_type,
-                   min({email_norm}) AS email_norm, min({trimmed_email_sql(email_column)}) AS email,
-                   NULL::bigint AS contact_id, NULL::text AS outcome
-            FROM {table} WHERE {sf_id} IS NOT NULL GROUP BY 1
-            UNION ALL
-            SELECT NULL, NULL, {email_norm}, min({trimmed_email_sql(email_column)}), NULL::bigint, NULL::text
-            FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
-        )
+        run(_stage_keys_sql(table, email_column, salesforce_id_column, salesforce_type_column))
         run(
             f"ANALYZE {_KEYS}"
         )  # temp tables are never auto-analyzed; the planner needs row counts for hash joins
-        counts = IdentityCounts()
-
-        # Rule 1: the Salesforce id decides.
-        counts.matched_by_salesforce_id = run(
-            f"""UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'matched_by_salesforce_id'
-            FROM contacts c WHERE k.salesforce_id IS NOT NULL AND c.salesforce_id = k.salesforce_id"""
-        ).rowcount
-        # Rule 2: link the most recently updated unlinked contact with the email; several new
-        # Salesforce records with one email take the unlinked contacts in recency order.
-        counts.linked_by_email = run(
-            f"""WITH wanted AS (
-                SELECT ctid AS key_row, email_norm,
-                       row_number() OVER (PARTITION BY email_norm ORDER BY salesforce_id) AS rank
-                FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NOT NULL AND email_norm IS NOT NULL
-            ), candidates AS (
-                SELECT id, email_normalized,
-                       row_number() OVER (PARTITION BY email_normalized ORDER BY updated_at DESC, id DESC) AS rank
-                FROM contacts
-                WHERE salesforce_id IS NULL AND email_normalized IN (SELECT email_norm FROM wanted)
-            )
-            UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'linked_by_email'
-            FROM wanted w JOIN candidates c ON c.email_normalized = w.email_norm AND c.rank = w.rank
-            WHERE k.ctid = w.key_row"""
-        ).rowcount
-        run(
-            f"""UPDATE contacts c SET salesforce_id = k.salesforce_id, salesforce_type = k.salesforce_type,
-                   updated_at = now()
-            FROM {_KEYS} k WHERE k.outcome = 'linked_by_email' AND c.id = k.contact_id"""
-        )
-        if create:
-            # Rule 3 for Salesforce records: a new contact each.
-            counts.created += run(
-                f"""WITH created AS (
-                    INSERT INTO contacts (email, email_normalized, salesforce_id, salesforce_type)
-                    SELECT email, email_norm, salesforce_id, salesforce_type FROM {_KEYS}
-                    WHERE contact_id IS NULL AND salesforce_id IS NOT NULL ORDER BY email_norm
-                    RETURNING id, salesforce_id
-                )
-                UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
-                FROM created WHERE k.salesforce_id = created.salesforce_id"""
-            ).rowcount
-        # Rule 2 for plain emails: the most recently updated contact with the email, linked or not.
-        counts.matched_by_email = run(
-            f"""UPDATE {_KEYS} k SET contact_id = m.id, outcome = 'matched_by_email'
-            FROM (
-                SELECT DISTINCT ON (email_normalized) id, email_normalized FROM contacts
-                WHERE email_normalized IN (
-                    SELECT email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL)
-                ORDER BY email_normalized, updated_at DESC, id DESC
-            ) m
-            WHERE k.contact_id IS NULL AND k.salesforce_id IS NULL AND k.email_norm = m.email_normalized"""
-        ).rowcount
-        if create:
-            # Rule 3 for plain emails.
-            counts.created += run(
-                f"""WITH created AS (
-                    INSERT INTO contacts (email, email_normalized)
-                    SELECT email, email_norm FROM {_KEYS} WHERE contact_id IS NULL AND salesforce_id IS NULL
-                    ORDER BY email_norm
-                    RETURNING id, email_normalized
-                )
-                UPDATE {_KEYS} k SET contact_id = created.id, outcome = 'created'
-                FROM created WHERE k.salesforce_id IS NULL AND k.email_norm = created.email_normalized"""
-            ).rowcount
-        counts.unresolved = run(f"SELECT count(*) FROM {_KEYS} WHERE contact_id IS NULL").scalar_one()
-
-        s_sf_id, s_email_norm = _key_expressions("s.", email_column, salesforce_id_column)
-        targets = f"{contact_column} = k.contact_id" + (
-            f", {outcome_column} = k.outcome" if outcome_column else ""
-        )
-        if salesforce_id_column:
-            run(
-                f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
-                WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NOT NULL AND k.salesforce_id = {s_sf_id}"""
-            )
-        run(
-            f"""UPDATE {table} s SET {targets} FROM {_KEYS} k
-            WHERE k.contact_id IS NOT NULL AND k.salesforce_id IS NULL AND k.email_norm = {s_email_norm}
-              AND {s_sf_id} IS NULL"""
-        )
+        counts = self._apply_rules(conn, create)
+        for statement in _write_back_sql(
+            table, email_column, salesforce_id_column, contact_column, outcome_column
+        ):
+            run(statement)
         run(f"DROP TABLE {_KEYS}")
+        return counts
+
+    def _apply_rules(self, conn: sa.Connection, create: bool) -> IdentityCounts:
+        """The three rules over the staged keys, one statement each, Salesforce ids before plain emails."""
+        run = conn.exec_driver_sql
+        counts = IdentityCounts()
+        counts.matched_by_salesforce_id = run(_MATCH_BY_SALESFORCE_ID).rowcount
+        counts.linked_by_email = run(_LINK_BY_EMAIL).rowcount
+        run(_LINK_CONTACTS)
+        if create:
+            counts.created += run(_CREATE_FOR_SALESFORCE_IDS).rowcount
+        counts.matched_by_email = run(_MATCH_BY_EMAIL).rowcount
+        if create:
+            counts.created += run(_CREATE_FOR_EMAILS).rowcount
+        counts.unresolved = run(_COUNT_UNRESOLVED).scalar_one()
         return counts
 
     def _resolve_unique_emails(
