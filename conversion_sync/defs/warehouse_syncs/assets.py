@@ -109,6 +109,29 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         staged = query(after=list(upstream.values())) if upstream else query()
         return write(validate(staged))
 
+    tags, owners = _tags_and_owners(sync, warehouse_kind)
+    description = sync.description or f"{sync.warehouse} → {sync.destination.type}"
+    return dg.AssetsDefinition.from_graph(
+        steps,
+        keys_by_input_name={f"after_{name}": asset_key(name) for name in sync.after},
+        keys_by_output_name={"result": asset_key(sync.name)},
+        group_name=SYNC_GROUP,
+        descriptions_by_output_name={"result": f"{description}\n\n```sql\n{sync.query.strip()}\n```"},
+        tags_by_output_name={"result": tags},
+        owners_by_output_name={"result": owners} if owners else None,
+        metadata_by_output_name={
+            "result": {
+                "schedule": sync.schedule,
+                "warehouse": sync.warehouse,
+                "destination": sync.destination.type,
+                "incremental": sync.incremental,
+            }
+        },
+    )
+
+
+def _tags_and_owners(sync: SyncConfig, warehouse_kind: str) -> tuple[dict[str, str], list[str]]:
+    """The asset's tags (with its kinds) and owners; an owner that is neither an e-mail nor `team:…` is a tag."""
     tags = {
         "warehouse": sync.warehouse,
         "warehouse_kind": warehouse_kind,
@@ -124,24 +147,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
     )
     if sync.owner and not owners:
         tags["owner"] = sync.owner
-    description = sync.description or f"{sync.warehouse} → {sync.destination.type}"
-    return dg.AssetsDefinition.from_graph(
-        steps,
-        keys_by_input_name={f"after_{name}": asset_key(name) for name in sync.after},
-        keys_by_output_name={"result": asset_key(sync.name)},
-        group_name=SYNC_GROUP,
-        descriptions_by_output_name={"result": f"{description}\n\n```sql\n{sync.query.strip()}\n```"},
-        tags_by_output_name={"result": {k: _tag_value(v) for k, v in tags.items()}},
-        owners_by_output_name={"result": owners} if owners else None,
-        metadata_by_output_name={
-            "result": {
-                "schedule": sync.schedule,
-                "warehouse": sync.warehouse,
-                "destination": sync.destination.type,
-                "incremental": sync.incremental,
-            }
-        },
-    )
+    return {k: _tag_value(v) for k, v in tags.items()}, owners
 
 
 def _tag_value(value: str) -> str:
