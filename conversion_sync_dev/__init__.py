@@ -1,1 +1,2 @@
-"""Development stand-ins: embedded Postgres, demo data, local Salesforce."""
+"""Development stand-ins, local only and never in the product wheel: the embedded Postgres, demo data, the
+Salesforce stand-in and the `make dev` launcher. Their libraries come with the `dev` extra."""

@@ -1,4 +1,4 @@
-"""README screenshots: run the demo in `dagster dev`, sync it, and capture the asset graph, a run and an asset.
+"""README screenshots: run the demo in `dg dev`, sync it, and capture the asset graph, a run and an asset.
 
     .venv/bin/python -m conversion_sync_tests.test_e2e.screenshots [--out docs/screenshots]
 

@@ -1,4 +1,4 @@
-"""End to end: `dagster dev` with its daemon, runs through the GraphQL client, a schedule tick, alerts, the browser."""
+"""End to end: `dg dev` (as make dev runs it) with its daemon, runs through the GraphQL client, a schedule tick, alerts, the browser."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ class Session:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """`dagster dev` on a free port; the minutely schedule started; one good and one broken run launched."""
+    """`dg dev` on a free port; the minutely schedule started; one good and one broken run launched."""
     base = tmp_path_factory.mktemp("e2e")
     config = e2e_config(base, base / "data")
     with (
