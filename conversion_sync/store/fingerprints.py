@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from conversion_sync.store.connection import prepare_bulk_transaction
+from conversion_sync.store.sql_text import quote_ident, quote_literal
 
 PARENT = "sync_fingerprints"
 """Partitioned by LIST (sync_name): (sync_name, row_key) → fingerprint, a 60-bit integer, and the versions
@@ -21,45 +22,73 @@ def partition_name(sync_name: str) -> str:
     return f"{PARENT}_{hashlib.md5(sync_name.encode()).hexdigest()[:16]}"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+HAS_PARTITION = (
+    "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = %s::regclass AND inhrelid = to_regclass(%s))"
+)
 
 
 def has_partition(conn: sa.Connection, sync_name: str) -> bool:
     """Whether the sync has stored fingerprints before: its partition is attached (even if emptied by a
     reset). A table of that name left unattached by a build whose run failed does not count."""
-    return conn.exec_driver_sql(
-        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = %s::regclass AND inhrelid = to_regclass(%s))",
-        (PARENT, f"public.{partition_name(sync_name)}"),
-    ).scalar_one()
+    return conn.exec_driver_sql(HAS_PARTITION, (PARENT, f"public.{partition_name(sync_name)}")).scalar_one()
+
+
+def drop_table_sql(name: str) -> str:
+    return f"DROP TABLE IF EXISTS {quote_ident(name)}"
+
+
+def create_table_sql(name: str, sync_name: str) -> str:
+    """The partition-to-be, with a CHECK equal to its partition bound."""
+    return (
+        f"CREATE TABLE {quote_ident(name)} (sync_name text NOT NULL, row_key text NOT NULL, "
+        "fingerprint bigint NOT NULL, record_version bigint, link_version bigint, "
+        f"CONSTRAINT {quote_ident(name + '_sync')} CHECK (sync_name = {quote_literal(sync_name)}))"
+    )
+
+
+def fill_table_sql(name: str, sync_name: str, rows_select: str) -> str:
+    return (
+        f"INSERT INTO {quote_ident(name)} (sync_name, row_key, fingerprint, record_version, link_version) "
+        f"SELECT {quote_literal(sync_name)}, k.row_key, k.fingerprint, k.record_version, k.link_version "
+        f"FROM ({rows_select}) k"
+    )
+
+
+def primary_key_sql(name: str) -> str:
+    return (
+        f"ALTER TABLE {quote_ident(name)} ADD CONSTRAINT {quote_ident(name + '_pkey')} "
+        "PRIMARY KEY (sync_name, row_key)"
+    )
+
+
+def attach_sql(name: str, sync_name: str) -> str:
+    return (
+        f"ALTER TABLE {quote_ident(PARENT)} ATTACH PARTITION {quote_ident(name)} "
+        f"FOR VALUES IN ({quote_literal(sync_name)})"
+    )
+
+
+def forget_moved_sql(keys_select: str, moved: str) -> str:
+    return f"""DELETE FROM {quote_ident(PARENT)} f WHERE f.sync_name = %(sync)s AND f.row_key IN ({keys_select}) AND {moved}"""
 
 
 def _fill_new_table(conn: sa.Connection, sync_name: str, rows_select: str, params: dict[str, Any]) -> int:
     """The partition-to-be as a plain table: rows first, then its primary key built in one sort (several times
     cheaper than inserting a million keys one by one into a B-tree), with a CHECK equal to the partition bound
     so that ATTACH need not scan it. A table of that name left by a failed run is replaced."""
-    name, value = partition_name(sync_name), _literal(sync_name)
+    name = partition_name(sync_name)
     if not has_partition(conn, sync_name):
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-    conn.exec_driver_sql(
-        f"CREATE TABLE {name} (sync_name text NOT NULL, row_key text NOT NULL, fingerprint bigint NOT NULL, "
-        f"record_version bigint, link_version bigint, CONSTRAINT {name}_sync CHECK (sync_name = {value}))"
-    )
-    rows = conn.exec_driver_sql(
-        f"INSERT INTO {name} (sync_name, row_key, fingerprint, record_version, link_version) "
-        f"SELECT {value}, k.row_key, k.fingerprint, k.record_version, k.link_version FROM ({rows_select}) k",
-        params,
-    ).rowcount
-    conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (sync_name, row_key)")
+        conn.exec_driver_sql(drop_table_sql(name))
+    conn.exec_driver_sql(create_table_sql(name, sync_name))
+    rows = conn.exec_driver_sql(fill_table_sql(name, sync_name, rows_select), params).rowcount
+    conn.exec_driver_sql(primary_key_sql(name))
     return rows
 
 
 def _attach(conn: sa.Connection, sync_name: str) -> None:
     """ATTACH locks the parent only against other ATTACH/DETACH (SHARE UPDATE EXCLUSIVE): runs of other syncs
     read and write their own partitions meanwhile."""
-    conn.exec_driver_sql(
-        f"ALTER TABLE {PARENT} ATTACH PARTITION {partition_name(sync_name)} FOR VALUES IN ({_literal(sync_name)})"
-    )
+    conn.exec_driver_sql(attach_sql(partition_name(sync_name), sync_name))
 
 
 def create_partition(conn: sa.Connection, sync_name: str, rows_select: str, params: dict[str, Any]) -> int:
@@ -109,32 +138,15 @@ class PartitionBuild:
         with contextlib.suppress(Exception), self._engine.begin() as conn:
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
             if not has_partition(conn, self.sync_name):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {partition_name(self.sync_name)}")
+                conn.exec_driver_sql(drop_table_sql(partition_name(self.sync_name)))
 
 
 def forget_moved_records(
-    conn: sa.Connection, sync_name: str, kind: str, keys_select: str, params: dict[str, Any]
+    conn: sa.Connection, sync_name: str, moved: str, keys_select: str, params: dict[str, Any]
 ) -> int:
     """Forget the fingerprints, among the keys `keys_select` yields, whose store record is no longer as this
-    sync last wrote or checked it: changed, cleared or deleted by another writer since (any UPDATE gives a row a
-    new xmin). Their rows are then planned as new and compared with the store, so a value another writer changed
-    or removed is restored. Fingerprints without a version (written before versions were kept) count as moved.
-    `params` must hold `object_type` for custom objects."""
-    if kind == "contacts":
-        moved = """NOT EXISTS (SELECT 1 FROM contacts c
-                               WHERE c.email_normalized = f.row_key AND c.xmin::text::bigint = f.record_version)"""
-    elif kind == "custom_objects":
-        object_id, email = "split_part(f.row_key, chr(31), 1)", "split_part(f.row_key, chr(31), 2)"
-        moved = f"""(NOT EXISTS (SELECT 1 FROM custom_objects o
-                                WHERE o.object_type = %(object_type)s AND o.object_id = {object_id}
-                                  AND o.xmin::text::bigint = f.record_version)
-                     OR ({email} <> '' AND NOT EXISTS (
-                         SELECT 1 FROM object_relationships r JOIN contacts c ON c.id = r.contact_id
-                         WHERE r.object_type = %(object_type)s AND r.object_id = {object_id}
-                           AND c.email_normalized = {email} AND r.xmin::text::bigint = f.link_version)))"""
-    else:
-        return 0
-    return conn.exec_driver_sql(
-        f"""DELETE FROM {PARENT} f WHERE f.sync_name = %(sync)s AND f.row_key IN ({keys_select}) AND {moved}""",
-        {**params, "sync": sync_name},
-    ).rowcount
+    sync last wrote or checked it (`moved`, SQL over the fingerprint `f`, from the sync's destination): changed,
+    cleared or deleted by another writer since (any UPDATE gives a row a new xmin). Their rows are then planned
+    as new and compared with the store, so a value another writer changed or removed is restored. Fingerprints
+    without a version (written before versions were kept) count as moved."""
+    return conn.exec_driver_sql(forget_moved_sql(keys_select, moved), {**params, "sync": sync_name}).rowcount

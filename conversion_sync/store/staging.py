@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from conversion_sync.store.connection import libpq_url
+from conversion_sync.store.sql_text import quote_ident, quote_qualified
 
 STAGING_SCHEMA = "conversion_staging"
 ROW_NUMBER = "_row_number"
@@ -59,7 +60,8 @@ def staging_table_name(sync_name: str, run_id: str) -> str:
 
 
 def qualified(table: str) -> str:
-    return f"{STAGING_SCHEMA}.{table}"
+    """The staging schema's table, quoted: `"conversion_staging"."<table>"`."""
+    return quote_qualified(STAGING_SCHEMA, table)
 
 
 @dataclass
@@ -199,13 +201,13 @@ def _sql_literal(text: str) -> str:
 
 def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns) -> None:
     """An UNLOGGED table of text columns (cheap to write, never replicated)."""
-    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA}")
+    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(table)}")
-    cols = ", ".join(f"{name} text" for name in columns.staged_names)
+    cols = ", ".join(f"{quote_ident(name)} text" for name in columns.staged_names)
     separator = ", " if cols else ""
     conn.exec_driver_sql(
-        f"CREATE UNLOGGED TABLE {qualified(table)} "
-        f"({ROW_NUMBER} bigint, {cols}{separator}{BAD_TEXT} text, {FINGERPRINT} bigint, {EMAIL_KEY} text)"
+        f"CREATE UNLOGGED TABLE {qualified(table)} ({quote_ident(ROW_NUMBER)} bigint, {cols}{separator}"
+        f"{quote_ident(BAD_TEXT)} text, {quote_ident(FINGERPRINT)} bigint, {quote_ident(EMAIL_KEY)} text)"
     )
 
 

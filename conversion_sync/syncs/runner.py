@@ -29,7 +29,7 @@ from conversion_sync.store.staging import (
     staging_table_name,
     store_lowers_ascii_plainly,
 )
-from conversion_sync.syncs.destinations import UnknownObjectType, destination_fields
+from conversion_sync.syncs.destinations import UnknownObjectType, destination_for
 from conversion_sync.syncs.template import EPOCH, format_timestamp, is_incremental, render_query
 from conversion_sync.syncs.validation import (
     ValidationResult,
@@ -37,18 +37,10 @@ from conversion_sync.syncs.validation import (
     WholeRunError,
     email_column,
     fingerprinted_columns,
-    json_object_sql,
     map_columns,
     rows_table,
 )
-from conversion_sync.syncs.writers import (
-    WRITERS,
-    RemovalRefused,
-    WriteContext,
-    WriteCounts,
-    contact_fields,
-    row_fields_json,
-)
+from conversion_sync.syncs.writers import RemovalRefused, WriteContext, WriteCounts
 from conversion_sync.warehouses import WarehouseError, open_warehouse
 from conversion_sync.warehouses.base import source_type
 
@@ -117,8 +109,10 @@ class SyncRunner:
         self.project = project
         self.store = store
         self.matcher = matcher or IdentityMatcher()
+        self.destination = destination_for(sync.destination.type)
+        """The destination's module: its validation specifics, write and preview."""
         try:
-            self.destination = destination_fields(sync, project.store_schema)
+            self.fields = self.destination.fields(sync, project.store_schema)
         except UnknownObjectType as exc:
             raise SyncFailed(f"sync '{sync.name}': {exc}") from None
 
@@ -144,7 +138,7 @@ class SyncRunner:
             drop_staging_tables(conn, self.sync.name, keep=[t for t in running if t])
             watermark = sync_state.get_watermark(conn, self.sync.name) or EPOCH
             used = max(EPOCH, watermark - self.sync.lookback) if watermark > EPOCH else EPOCH
-            retyped = sync_state.changed_field_types(conn, self.sync.name, self.destination.field_types)
+            retyped = sync_state.changed_field_types(conn, self.sync.name, self.fields.field_types)
             if retyped:
                 # stored values were written with another type: read everything again and rewrite them
                 used = EPOCH
@@ -196,7 +190,7 @@ class SyncRunner:
                 for batch in warehouse.stream(sql, batch_rows):
                     if writer is None:
                         names = list(batch.schema.names)
-                        mapped = map_columns(names, self.destination, self.sync.name)
+                        mapped = map_columns(names, self.fields, self.sync.name)
                         columns = StagedColumns(names)
                         with self.store.begin() as conn:
                             create_staging_table(conn, table, columns)
@@ -208,7 +202,7 @@ class SyncRunner:
                             copy_connections,
                             table,
                             columns,
-                            fingerprinted_columns(mapped, self.destination),
+                            fingerprinted_columns(mapped, self.fields),
                             email_column(mapped) if keyed else None,
                         )
                     if self.sync.max_rows is not None and writer.rows + batch.num_rows > self.sync.max_rows:
@@ -246,7 +240,8 @@ class SyncRunner:
             run_id=record.run_id,
             staging_table=table,
             destination=self.destination,
-            columns=map_columns(names, self.destination, self.sync.name),
+            fields=self.fields,
+            columns=map_columns(names, self.fields, self.sync.name),
             source_names=names,
             source_types={c["name"]: c["type"] for c in record.source_columns or []},
             object_type=self.sync.destination.object_type,
@@ -316,11 +311,12 @@ class SyncRunner:
             record = self._run_for(conn, table)
         validator = self._validator(record, table)
         try:
+            next_watermark = self._next_watermark(record)
             with self.store.begin() as conn:
                 prepare_bulk_transaction(conn)
                 self._check_not_reset(conn, record)
                 ctx = self._write_context(record, table, validator, record.counts.get("planned_after_run"))
-                counts = WRITERS[self.destination.kind](conn, ctx)
+                counts = self.destination.write(conn, ctx)
                 all_counts = self._counts(record, counts)
                 durations = {
                     "query": record.counts.get("duration_query_s", 0.0),
@@ -328,7 +324,7 @@ class SyncRunner:
                     "write": round(time.monotonic() - started, 3),
                 }
                 sync_state.set_watermark(
-                    conn, self.sync.name, record.next_watermark, record.run_id, self.destination.field_types
+                    conn, self.sync.name, next_watermark, record.run_id, self.fields.field_types
                 )
                 sync_state.finish_run(
                     conn, record.run_id, "success", {**all_counts, "duration_write_s": durations["write"]}
@@ -350,11 +346,20 @@ class SyncRunner:
             run_id=record.run_id,
             counts=all_counts,
             watermark_used=record.watermark_used or EPOCH,
-            next_watermark=record.next_watermark,
+            next_watermark=next_watermark,
             full_sync=record.full_sync,
             durations=durations,
             rejected_preview=preview,
         )
+
+    def _next_watermark(self, record: sync_state.SyncRunRecord) -> datetime:
+        """The watermark the run's query step read from the warehouse's clock."""
+        if record.next_watermark is None:
+            raise SyncFailed(
+                f"sync '{self.sync.name}': run {record.run_id} has no next watermark (its query step did not "
+                "finish); nothing was written: run the sync again"
+            )
+        return record.next_watermark
 
     def _check_not_reset(self, conn: sa.Connection, record: sync_state.SyncRunRecord) -> None:
         """A reset (`conversion-sync resync`) after this run started wins: the run writes nothing, so the reset's
@@ -428,8 +433,8 @@ class SyncRunner:
                     rejected = sync_state.rejection_preview(conn, self.sync.name, run_id, limit)
                     ctx = self._write_context(record, table, validator, validation.planned_after_run)
                     ctx.dry_run = True
-                    diff = row_diff(conn, ctx, self.destination.kind, limit)
-                    counts = WRITERS[self.destination.kind](conn, ctx)
+                    diff = self.destination.preview(conn, ctx, limit)
+                    counts = self.destination.write(conn, ctx)
                     transaction.rollback()
         finally:
             self._previewing = False
@@ -455,83 +460,3 @@ class PreviewResult:
 
     def describe_watermark(self) -> str:
         return format_timestamp(self.watermark_used)
-
-
-def row_diff(conn: sa.Connection, ctx: WriteContext, kind: str, limit: int) -> list[dict[str, Any]]:
-    """Per-row diff for a dry run: action and, for changed rows, each field's stored and new value."""
-    params = {"sync": ctx.sync.name, "limit": limit}
-    if kind == "events":
-        rows = conn.exec_driver_sql(
-            f"""SELECT r.message_id AS key, CASE WHEN e.id IS NULL THEN 'add' ELSE 'unchanged' END AS action,
-                       jsonb_build_object('email', r.email, 'event_name', r.event_name, 'timestamp', r.event_ts,
-                                          'properties', r.properties) AS new, NULL::jsonb AS old
-            FROM {ctx.rows_table} r LEFT JOIN events e ON e.message_id = r.message_id
-            WHERE r.problem IS NULL ORDER BY (e.id IS NULL) DESC, r.row_number LIMIT %(limit)s""",
-            params,
-        ).mappings()
-        return [dict(r) for r in rows]
-    if kind == "contacts":
-        return _contact_diff(conn, ctx, limit)
-    else:
-        old = f"""(SELECT o.fields FROM custom_objects o
-                   WHERE o.object_type = '{ctx.sync.destination.object_type}' AND o.object_id = r.object_id)"""
-        key = "r.object_id || coalesce(' / ' || r.email, '')"
-    rows = conn.exec_driver_sql(
-        f"""SELECT {key} AS key,
-                   CASE WHEN f.fingerprint IS NULL THEN 'add' WHEN f.fingerprint <> r.fingerprint THEN 'change'
-                        ELSE 'unchanged' END AS action,
-                   {row_fields_json(ctx, "r")} AS new, {old} AS old
-            FROM {ctx.rows_table} r
-            LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = r.row_key
-            WHERE r.problem IS NULL ORDER BY (f.fingerprint IS NOT DISTINCT FROM r.fingerprint), r.row_number LIMIT %(limit)s""",
-        params,
-    ).mappings()
-    out: list[dict[str, Any]] = []
-    for row in rows:
-        entry = {"key": row["key"], "action": row["action"]}
-        new, old_values = row["new"] or {}, row["old"] or {}
-        if row["action"] == "change":
-            entry["fields"] = {k: [old_values.get(k), v] for k, v in new.items() if old_values.get(k) != v}
-        elif row["action"] == "add":
-            entry["fields"] = new
-        out.append(entry)
-    return out
-
-
-def _contact_diff(conn: sa.Connection, ctx: WriteContext, limit: int) -> list[dict[str, Any]]:
-    """Each contact row as the write would treat it: `add` (a contact created, with its fields), `change` (the
-    fields it changes, [stored, new], by the merge rule and `nulls`), `skip` (by mode) or `unchanged`."""
-    fields = contact_fields(ctx)
-    changes = json_object_sql(
-        [
-            (
-                f.name,
-                f"CASE WHEN {f.applies} THEN jsonb_build_array(to_jsonb({f.stored}), to_jsonb({f.value})) END",
-            )
-            for f in fields
-        ]
-    )
-    skip = {"update": "c.id IS NULL", "insert": "c.id IS NOT NULL"}.get(ctx.sync.mode, "false")
-    applies = " OR ".join(f.applies for f in fields) or "false"
-    rows = conn.exec_driver_sql(
-        f"""SELECT coalesce(w.email, w.row_key) AS key, d.action,
-                   CASE WHEN d.action = 'add' THEN {row_fields_json(ctx, "w")}
-                        WHEN d.action = 'change' THEN jsonb_strip_nulls({changes}) END AS fields
-            FROM (SELECT r.*, coalesce(r.updated_at, %(started)s) AS ts FROM {ctx.rows_table} r
-                  WHERE r.problem IS NULL) w
-            LEFT JOIN LATERAL (SELECT * FROM contacts x WHERE x.email_normalized = w.email_norm
-                               ORDER BY x.updated_at DESC, x.id DESC LIMIT 1) c ON true
-            CROSS JOIN LATERAL (
-                SELECT CASE WHEN w.action = 'unchanged' THEN 'unchanged' WHEN {skip} THEN 'skip'
-                            WHEN c.id IS NULL THEN 'add' WHEN {applies} THEN 'change' ELSE 'unchanged' END AS action
-            ) d
-            ORDER BY d.action = 'unchanged', w.row_number LIMIT %(limit)s""",
-        {"limit": limit, "started": ctx.run_started},
-    ).mappings()
-    out: list[dict[str, Any]] = []
-    for row in rows:
-        entry: dict[str, Any] = {"key": row["key"], "action": row["action"]}
-        if row["action"] in ("add", "change"):
-            entry["fields"] = row["fields"]
-        out.append(entry)
-    return out

@@ -1,20 +1,33 @@
-"""Set-based validation of a staged run: whole-run column checks, row rejections, typed rows, duplicates."""
+"""Set-based validation of a staged run: whole-run column checks, row rejections, typed rows, duplicates.
+
+What differs by destination (its key, its own typed columns, how its rows meet fingerprints) comes from the
+destination's module (syncs/destinations/); this module holds none of it.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from conversion_sync.store import fingerprints, sync_state
-from conversion_sync.store.contacts import email_invalid_sql, email_key_sql, trimmed_email_sql
+from conversion_sync.store.contacts import email_key_sql, trimmed_email_sql
+from conversion_sync.store.sql_text import column_ref, json_object_sql, quote_ident, quote_literal
 from conversion_sync.store.staging import BAD_TEXT, EMAIL_KEY, FINGERPRINT, ROW_NUMBER, qualified
-from conversion_sync.syncs.destinations import RELATIONSHIP_FIELDS, DestinationFields
-from conversion_sync.warehouses.base import JSON_TEXT, NUMERIC_TEXT
-
-_UNIT_SEPARATOR = "chr(31)"
-_JSON_PAIRS_PER_CALL = 40  # jsonb_build_object takes at most 100 arguments
+from conversion_sync.syncs.destinations.base import (
+    RELATIONSHIP_FIELDS,
+    Destination,
+    DestinationFields,
+    TypedColumns,
+)
+from conversion_sync.syncs.field_rules import (
+    Rule,
+    blank_to_null,
+    implied_valid,
+    property_rule,
+    rule_for,
+    typed_invalid,
+)
 
 
 class WholeRunError(Exception):
@@ -34,7 +47,7 @@ class ColumnMap:
 
     def staged(self, name: str) -> str | None:
         column = self.fields.get(name)
-        return f"s.{column}" if column else None
+        return column_ref("s", column) if column else None
 
 
 def map_columns(source_names: list[str], destination: DestinationFields, sync_name: str) -> ColumnMap:
@@ -92,239 +105,136 @@ def email_column(columns: ColumnMap) -> int | None:
     return int(staged.removeprefix("c")) if staged else None
 
 
-# --- per-type rules: when a value is missing / invalid, and its typed SQL value ---------------------------
+# --- statements ----------------------------------------------------------------------------------------------
 
 
-def _nv(v: str) -> str:
-    return f"NULLIF(btrim({v}), '')"
+def rows_table(staging_table: str) -> str:
+    """The typed rows table of a staging table (a name, not quoted)."""
+    return f"{staging_table}_rows"
 
 
-def _shown(v: str) -> str:
-    return f"quote_literal(left({v}, 80))"
+SET_UTC = "SET LOCAL TimeZone = 'UTC'"
+_STAGED_ROW_NUMBER = column_ref("s", ROW_NUMBER)
+_STAGED_FINGERPRINT = column_ref("s", FINGERPRINT)
+_STAGED_BAD_TEXT = column_ref("s", BAD_TEXT)
+_ACTION_NONE = "NULL::text"
 
 
-_INTEGER_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
-_NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
-_DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]00:00(:00(\.0+)?)?)?(Z|[+-]00(:?00)?)?$"
-_DATETIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?|UTC)?$"
-MAX_KEY_LENGTH = 255
-"""Object ids and message ids longer than this are rejected: the store indexes them (a B-tree entry holds ~2.7 KB)."""
-_TRUE = "('true', 't', 'yes', 'y', '1')"
-_BOOLEAN = "('true', 't', 'yes', 'y', '1', 'false', 'f', 'no', 'n', '0')"
+def action_sql(stored: str) -> str:
+    """A row's action against the fingerprint `stored` its key was last written with by this sync."""
+    return f"""CASE WHEN {stored} IS NULL THEN 'added' WHEN {stored} = typed.fingerprint THEN 'unchanged'
+                          ELSE 'changed' END"""
 
 
-def _email_invalid(v: str) -> str:
-    return email_invalid_sql(v)
+def skipping_source_sql(stage: str, key: str, problem_case: str) -> str:
+    """The staged rows with their key's stored fingerprint: a row that matches it is `unchanged` and unchecked."""
+    fingerprint = _STAGED_FINGERPRINT
+    return f"""(SELECT s.*, f.fingerprint AS stored_fingerprint,
+                                 coalesce(f.fingerprint = {fingerprint}, false) AS unchanged,
+                                 CASE WHEN f.fingerprint = {fingerprint} THEN NULL ELSE {problem_case} END
+                                     AS problem
+                          FROM {stage} s
+                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {key})"""
 
 
-def _datetime_invalid(v: str) -> str:
-    return f"({_nv(v)} !~ '{_DATETIME_RE}' OR NOT conversion_is_timestamptz({_nv(v)}))"
+def checked_source_sql(stage: str, problem_case: str) -> str:
+    """The staged rows, each checked."""
+    return f"(SELECT *, false AS unchanged, {problem_case} AS problem FROM {stage} s)"
 
 
-def _json_object_invalid(v: str) -> str:
-    return (
-        f"(NOT conversion_is_jsonb({_nv(v)}) OR "
-        f"CASE WHEN conversion_is_jsonb({_nv(v)}) THEN jsonb_typeof({_nv(v)}::jsonb) <> 'object' END)"
-    )
+def fingerprint_join_sql(row_key: str) -> str:
+    return f"LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {row_key}"
 
 
-@dataclass(frozen=True)
-class Rule:
-    required: bool
-    invalid: str | None
-    """SQL that is true when a present value is invalid."""
-    value: str
-    """SQL for the typed value."""
-    message: str
-    """SQL text expression for the invalid_field_value message."""
+def typed_rows_sql(outer_key: str, action: str, inner_columns: list[str], source: str, join: str) -> str:
+    """The rows table's SELECT: the staged rows' typed columns, then their key, action and write flags."""
+    columns = ", ".join(inner_columns)
+    return f"""
+            SELECT typed.*{outer_key}, NULL::bigint AS contact_id, {action} AS action, false AS skip,
+                   false AS declined
+            FROM (
+                SELECT {columns}
+                FROM {source} s
+            ) typed {join}
+        """
 
 
-def rule_for(field_type: str, v: str, label: str) -> Rule:
-    """The validation rule for one staged column `v` of the given field type."""
-    lit = "'" + label.replace("'", "''") + "'"
-    n = _nv(v)
-    if field_type == "string":
-        return Rule(False, None, v, "''")
-    if field_type == "integer":
-        return Rule(
-            False,
-            f"{n} !~ '{_INTEGER_RE}'",
-            f"split_part({n}, '.', 1)::bigint",
-            f"{lit} || ': ' || {_shown(v)} || ' is not an integer'",
-        )
-    if field_type == "number":
-        return Rule(
-            False,
-            f"{n} !~ '{_NUMBER_RE}'",
-            f"{n}::numeric",
-            f"{lit} || ': ' || {_shown(v)} || ' is not a number'",
-        )
-    if field_type == "boolean":
-        return Rule(
-            False,
-            f"lower({n}) NOT IN {_BOOLEAN}",
-            f"lower({n}) IN {_TRUE}",
-            f"{lit} || ': ' || {_shown(v)} || ' is not a boolean (true/false)'",
-        )
-    if field_type == "date":
-        return Rule(
-            False,
-            f"({n} !~ '{_DATE_RE}' OR NOT conversion_is_date(left({n}, 10)))",
-            f"left({n}, 10)::date",
-            f"{lit} || ': ' || {_shown(v)} || ' is not a date (YYYY-MM-DD)'",
-        )
-    if field_type in ("datetime", "datetime_required"):
-        return Rule(
-            field_type == "datetime_required",
-            _datetime_invalid(v),
-            f"{n}::timestamptz",
-            f"{lit} || ': ' || {_shown(v)} || ' is not a timestamp (ISO 8601)'",
-        )
-    if field_type == "json":
-        return Rule(
-            False,
-            f"NOT conversion_is_jsonb({n})",
-            f"{n}::jsonb",
-            f"{lit} || ': ' || {_shown(v)} || ' is not valid JSON'",
-        )
-    if field_type == "json_object":
-        return Rule(
-            False,
-            _json_object_invalid(v),
-            f"{n}::jsonb",
-            f"{lit} || ': must be a JSON object, got ' || {_shown(v)}",
-        )
-    if field_type in ("email", "optional_email"):
-        return Rule(
-            field_type == "email",
-            _email_invalid(v),
-            trimmed_email_sql(v),
-            f"{lit} || ': ' || {_shown(v)} || ' is not a valid email address'",
-        )
-    if field_type in ("key", "key_optional"):
-        return Rule(
-            field_type == "key",
-            f"length({n}) > {MAX_KEY_LENGTH}",
-            f"btrim({v})" if field_type == "key" else n,
-            f"{lit} || ': ' || {_shown(v)} || '… is longer than {MAX_KEY_LENGTH} characters'",
-        )
-    if field_type == "string_required":
-        return Rule(True, None, f"btrim({v})", "''")
-    raise ValueError(f"unknown field type {field_type}")
+def create_rows_sql(rows: str, select: str) -> str:
+    return f"CREATE UNLOGGED TABLE {rows} AS {select}"
 
 
-def implied_valid(field_type: str, arrow_type: str) -> bool:
-    """Whether every value of a source column of this Arrow type is valid for the field type.
-
-    Typed warehouse columns need no text checks: a TIMESTAMP column cannot hold 'tomorrow'.
-    """
-    integer = re.fullmatch(r"u?int(8|16|32)|int64", arrow_type) is not None
-    if field_type == "integer":
-        return integer
-    if field_type == "number":
-        return integer or arrow_type.startswith("decimal")
-    if field_type == "boolean":
-        return arrow_type == "bool"
-    if field_type == "date":
-        return arrow_type.startswith("date")
-    if field_type in ("datetime", "datetime_required"):
-        return arrow_type.startswith(("timestamp", "date"))
-    if field_type in ("json", "json_object"):
-        return field_type == "json" and arrow_type.startswith(("struct", "list", "large_list", "map"))
-    return False
+def drop_rows_sql(rows: str) -> str:
+    return f"DROP TABLE IF EXISTS {rows}"
 
 
-def typed_invalid(field_type: str, v: str) -> str | None:
-    """For a typed source column that implies validity: SQL true when a value is still out of range."""
-    if field_type in ("date", "datetime", "datetime_required"):
-        # Typed dates are rendered 'YYYY-MM-DD…' in years 0001–9999 AD; DuckDB renders others '275760-09-13'
-        # or '0044-03-15 (BC)', which the store's date/timestamptz casts cannot take. (No regex: a million
-        # regex matches cost more than the rest of the row's checks.)
-        return f"NOT (substr({v}, 5, 1) = '-' AND strpos({v}, '(') = 0)"
-    if field_type == "json":
-        # lists and structs can hold what JSON cannot: NaN, Infinity, text with a NUL (\u0000)
-        return f"NOT conversion_is_jsonb({_nv(v)})"
-    return None
+def analyze_rows_sql(rows: str) -> str:
+    """Statistics the writers' plans need (not the typed field columns: nothing filters or joins on them)."""
+    return f"ANALYZE {rows} (problem, action, skip, row_key, email_norm, contact_id, object_id, message_id)"
 
 
-# --- event properties: each extra column keeps its source type's JSON type --------------------------------
-
-_NON_FINITE = "('nan', 'inf', 'infinity')"
-
-
-def property_kind(arrow_type: str) -> str:
-    """The JSON kind of an event property from its column's source type (`source_type` of the warehouse's
-    Arrow field): integer, decimal, float, numeric (exact decimal text), boolean, json, timestamp or string."""
-    if re.fullmatch(r"u?int(8|16|32|64)", arrow_type):
-        return "integer"
-    if arrow_type.startswith("decimal"):
-        return "decimal"
-    if arrow_type in ("halffloat", "float", "double"):
-        return "float"
-    if arrow_type == NUMERIC_TEXT:
-        return "numeric"
-    if arrow_type == "bool":
-        return "boolean"
-    if arrow_type == JSON_TEXT or arrow_type.startswith(_NESTED):
-        return "json"
-    if arrow_type.startswith("timestamp"):
-        return "timestamp"
-    return "string"
+def case_by_problem_sql(values: list[str]) -> str:
+    return "CASE r.problem " + " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(values)) + " END"
 
 
-_NESTED = ("struct", "list", "large_list", "fixed_size_list", "map", "sparse_union", "dense_union")
+def reject_rows_sql(rows: str, stage: str, key: str, column: str, code: str, message: str, raw: str) -> str:
+    return f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
+            SELECT %(run_id)s, %(sync)s, {key}, {column}, {code}, {message},
+                   {raw} || jsonb_build_object('_row_number', {_STAGED_ROW_NUMBER})
+            FROM {rows} r JOIN {stage} s ON {_STAGED_ROW_NUMBER} = r.row_number
+            WHERE r.problem IS NOT NULL"""
 
 
-def property_rule(arrow_type: str, v: str, label: str) -> tuple[str, str | None, str]:
-    """(SQL value for jsonb_build_object, SQL true when a present value cannot be stored faithfully or None,
-    message SQL) for the staged text `v` of a property whose column has the source type `arrow_type`.
-
-    Staged text is what the staging step rendered: integers and decimals exactly, floats in their shortest
-    round-trip form ('0.1', '1e+300', 'nan', 'inf'), booleans 'true'/'false', nested values and JSON as JSON
-    text, timestamps in UTC. Numbers become JSON numbers, written without trailing fractional zeros (2.0 from a
-    float column and 2.00 from a DECIMAL(10, 2) both become 2; a column type's scale is no part of the value);
-    NaN and Infinity, which JSON cannot hold, reject the row.
-    """
-    lit = "'" + label.replace("'", "''") + "'"
-    kind = property_kind(arrow_type)
-    if kind == "integer":
-        return f"{v}::numeric", None, "''"
-    if kind == "decimal":
-        return f"trim_scale({v}::numeric)", None, "''"
-    if kind in ("float", "numeric"):
-        return (
-            f"CASE WHEN lower(ltrim({v}, '+-')) NOT IN {_NON_FINITE} THEN trim_scale({v}::numeric) END",
-            f"lower(ltrim({v}, '+-')) IN {_NON_FINITE}",
-            f"{lit} || ': ' || {_shown(v)} || ' is not a finite number (JSON has no NaN or Infinity)'",
-        )
-    if kind == "boolean":
-        return f"{v}::boolean", None, "''"
-    if kind == "json":
-        return (
-            f"CASE WHEN conversion_is_jsonb({v}) THEN {v}::jsonb END",
-            f"NOT conversion_is_jsonb({v})",
-            f"{lit} || ': ' || {_shown(v)} || ' is not valid JSON (JSON has no NaN, Infinity or NUL character)'",
-        )
-    if kind == "timestamp":
-        # 'YYYY-MM-DD HH:MM:SS[.f][+00]' (UTC) → 'YYYY-MM-DDTHH:MM:SS[.f]Z'; years outside 1–9999 (rendered
-        # '275760-…' or '… (BC)') and 'infinity' stay as rendered
-        iso = f"overlay(CASE WHEN right({v}, 3) = '+00' THEN left({v}, -3) ELSE {v} END placing 'T' from 11 for 1) || 'Z'"
-        plain = f"substr({v}, 5, 1) = '-' AND substr({v}, 11, 1) = ' ' AND strpos({v}, '(') = 0"
-        return f"CASE WHEN {plain} THEN {iso} ELSE {v} END", None, "''"
-    return v, None, "''"
+def raw_row_json_sql(source_names: list[str]) -> str:
+    """The staged row `s` as users sent it: source column name → its text."""
+    names = ", ".join(quote_literal(n) for n in source_names)
+    values = ", ".join(column_ref("s", f"c{i}") for i in range(len(source_names)))
+    return f"jsonb_object(ARRAY[{names}]::text[], ARRAY[{values}]::text[])"
 
 
-def derived_message_id_sql(email_key: str, event_name: str, event_ts: str, properties: str) -> str:
-    """The id of an event without `message_id`: md5 of its typed content, not of the sync that read it.
+def surplus_keys_sql(rows: str) -> str:
+    """How many accepted rows share a key with another. Counting distinct keys (a sort in byte order) answers
+    that faster than grouping them in a hash table of a million keys."""
+    return f'SELECT count(*) - count(DISTINCT row_key COLLATE "C") FROM {rows} WHERE problem IS NULL'
 
-    The e-mail's key (trimmed, lower-cased), the event name, the timestamp as UTC microseconds since the epoch
-    (so '2024-01-01T00:00:00Z' and '2024-01-01 00:00:00+00' agree) and the properties as jsonb text (canonical:
-    keys sorted, no insignificant white space). Numbers of typed columns are written without trailing zeros
-    (see property_rule), so 2, 2.0 and 2.00 agree; inside a JSON value (a `properties` column, a JSON column)
-    numbers keep the digits the JSON was written with, and 1.0 there differs from 1.
-    """
-    micros = f"(extract(epoch FROM ({event_ts})::timestamptz) * 1000000)::bigint"
-    return f"md5(concat_ws({_UNIT_SEPARATOR}, {email_key}, {event_name}, {micros}, ({properties})::text))"
+
+def duplicated_keys_sql(rows: str) -> str:
+    return f"""CREATE TEMP TABLE _duplicated_keys ON COMMIT DROP AS
+            SELECT row_key FROM {rows} WHERE problem IS NULL GROUP BY row_key HAVING count(*) > 1"""
+
+
+def ranked_duplicates_sql(rows: str, stage_join: str, updated_at: str) -> str:
+    """_ranked: the rows of duplicated keys, each with its key's winner (the later updated_at, then row)."""
+    return f"""CREATE TEMP TABLE _ranked ON COMMIT DROP AS
+            SELECT r.row_number AS rn, r.row_key, r.fingerprint,
+                   first_value(r.fingerprint) OVER w AS winner_fp, first_value(r.row_number) OVER w AS winner,
+                   row_number() OVER w AS rank
+            FROM {rows} r {stage_join}
+            WHERE r.problem IS NULL AND r.row_key IN (SELECT row_key FROM _duplicated_keys)
+            WINDOW w AS (PARTITION BY r.row_key ORDER BY {updated_at} DESC NULLS LAST, r.row_number DESC)"""
+
+
+KEEP_ONLY_LOSERS = "DELETE FROM _ranked WHERE rank = 1"
+DROP_RANKED = "DROP TABLE _ranked; DROP TABLE _duplicated_keys"
+
+
+def delete_losers_sql(rows: str) -> str:
+    return f"DELETE FROM {rows} t USING _ranked k WHERE t.row_number = k.rn"
+
+
+def report_duplicates_sql(stage: str, raw: str) -> str:
+    """A rejection per losing row whose values differ from its key's winner."""
+    return f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
+            SELECT %(run_id)s, %(sync)s, d.row_key_display, NULL, 'duplicate_key_in_batch',
+                   'duplicate key ' || quote_literal(d.row_key_display) || ' in this run: row ' || k.winner
+                   || ' has the same key and a later updated_at, so it wins',
+                   r.row
+            FROM _ranked k
+            JOIN LATERAL (SELECT replace(k.row_key, chr(31), ' / ') AS row_key_display) d ON true
+            JOIN LATERAL (
+                SELECT {raw} || jsonb_build_object('_row_number', {_STAGED_ROW_NUMBER}) AS row
+                FROM {stage} s WHERE {_STAGED_ROW_NUMBER} = k.rn
+            ) r ON true
+            WHERE k.fingerprint <> k.winner_fp"""
 
 
 # --- the validation pass -----------------------------------------------------------------------------------
@@ -342,24 +252,18 @@ class ValidationResult:
     """The sync's last successful run when the rows' actions were planned (see plan_is_current)."""
 
 
-def rows_table(staging_table: str) -> str:
-    return f"{staging_table}_rows"
+@dataclass(frozen=True)
+class Check:
+    """One row check: the column it names, SQL true when it fails, its code and its message SQL."""
 
-
-def json_object_sql(pairs: list[tuple[str, str]]) -> str:
-    """jsonb_build_object over any number of (key, SQL value) pairs (it takes at most 100 arguments per call)."""
-    if not pairs:
-        return "'{}'::jsonb"
-    chunks = [pairs[i : i + _JSON_PAIRS_PER_CALL] for i in range(0, len(pairs), _JSON_PAIRS_PER_CALL)]
-    parts = [
-        "jsonb_build_object(" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}', {v}" for k, v in chunk) + ")"
-        for chunk in chunks
-    ]
-    return " || ".join(parts)
+    column: str
+    condition: str
+    code: str
+    message: str
 
 
 class Validator:
-    """Builds and runs the validation SQL for one staged run."""
+    """Builds and runs the validation SQL for one staged run (a StagedRow to its destination's module)."""
 
     def __init__(
         self,
@@ -367,7 +271,8 @@ class Validator:
         sync_name: str,
         run_id: str,
         staging_table: str,
-        destination: DestinationFields,
+        destination: Destination,
+        fields: DestinationFields,
         columns: ColumnMap,
         source_names: list[str],
         source_types: dict[str, str] | None = None,
@@ -378,29 +283,43 @@ class Validator:
         self.stage = qualified(staging_table)
         self.rows = qualified(rows_table(staging_table))
         self.destination = destination
+        self.fields = fields
         self.columns = columns
         self.source_names = source_names
         self.source_types = source_types or {}
         self.object_type = object_type
 
+    # --- the staged row, as destinations see it (StagedRow) ---
+
+    def staged(self, field: str) -> str | None:
+        return self.columns.staged(field)
+
+    def value(self, field: str) -> str:
+        return self._typed_value(field)
+
+    def email_key(self) -> str:
+        email = self.staged("email")
+        if not email:
+            return "NULL::text"
+        return f"coalesce({column_ref('s', EMAIL_KEY)}, {email_key_sql(email)})"
+
+    def property_pairs(self) -> list[tuple[str, str]]:
+        return [(name, typed) for name, (typed, _, _) in self._property_rules().items()]
+
+    # --- rules and checks ---
+
     def _rules(self) -> list[tuple[str, str, Rule]]:
-        """(field, staged column, rule) in the query's column order."""
+        """(field, staged column SQL, rule) in the query's column order."""
         out = []
         for field, column in self.columns.fields.items():
             label = self.columns.source_names[field]
-            out.append((field, column, rule_for(self.destination.type_of(field), f"s.{column}", label)))
+            staged = column_ref("s", column)
+            out.append((field, staged, rule_for(self.fields.type_of(field), staged, label)))
         return out
 
     def row_key_sql(self) -> str:
         """The key as users read it in rejections."""
-        c = self.columns.staged
-        email = trimmed_email_sql(c("email")) if c("email") else None
-        if self.destination.kind == "contacts":
-            return str(email)
-        if self.destination.kind == "custom_objects":
-            return f"btrim({c('id')})" + (f" || coalesce(' / ' || {email}, '')" if email else "")
-        message_id = c("message_id")
-        return f"coalesce({_nv(message_id)}, {email})" if message_id else str(email)
+        return self.destination.rejection_key_sql(self)
 
     def all_keys_select(self) -> str:
         """Every staged row's key, accepted or rejected: a rejected row is not a removed one."""
@@ -408,57 +327,55 @@ class Validator:
 
     def written_fields(self) -> list[str]:
         """Destination fields (not keys or timestamps) the query provides."""
-        special = set(self.destination.special)
+        special = set(self.fields.special)
         return [f for f in self.columns.fields if f not in special and f != RELATIONSHIP_FIELDS]
 
     def _raw_row_json(self) -> str:
-        names = ", ".join("'" + n.replace("'", "''") + "'" for n in self.source_names)
-        values = ", ".join(f"s.c{i}" for i in range(len(self.source_names)))
-        return f"jsonb_object(ARRAY[{names}]::text[], ARRAY[{values}]::text[])"
+        return raw_row_json_sql(self.source_names)
 
-    def _checks(self) -> list[tuple[str, str, str, str]]:
-        """(column label, condition, code, message SQL) in evaluation order."""
-        checked = self._checked_fields()
+    def _checks(self) -> list[Check]:
+        """The row checks in evaluation order: text, then each field's, then each property's."""
         checks = [
-            (
-                "s." + BAD_TEXT,
-                f"s.{BAD_TEXT} IS NOT NULL",
+            Check(
+                _STAGED_BAD_TEXT,
+                f"{_STAGED_BAD_TEXT} IS NOT NULL",
                 "invalid_field_value",
-                f"s.{BAD_TEXT} || ': text contains a NUL character'",
+                f"{_STAGED_BAD_TEXT} || ': text contains a NUL character'",
             )
         ]
-        for field, column, rule in self._rules():
-            label = self.columns.source_names[field]
-            lit = "'" + label.replace("'", "''") + "'"
+        checked = self._checked_fields()
+        for field, staged, rule in self._rules():
+            lit = quote_literal(self.columns.source_names[field])
+            present = blank_to_null(staged)
             if rule.required:
                 checks.append(
-                    (
+                    Check(
                         lit,
-                        f"{_nv('s.' + column)} IS NULL",
+                        f"{present} IS NULL",
                         "missing_required_field",
                         f"{lit} || ' is missing (null or empty)'",
                     )
                 )
             if field in checked:
                 checks.append(
-                    (
+                    Check(
                         lit,
-                        f"{_nv('s.' + column)} IS NOT NULL AND {checked[field]}",
+                        f"{present} IS NOT NULL AND {checked[field]}",
                         "invalid_field_value",
                         rule.message,
                     )
                 )
         for name, (_, invalid, message) in self._property_rules().items():
             if invalid is not None:
-                lit = "'" + name.replace("'", "''") + "'"
-                column = self.columns.properties[name]
-                checks.append((lit, f"s.{column} IS NOT NULL AND {invalid}", "invalid_field_value", message))
+                staged = column_ref("s", self.columns.properties[name])
+                condition = f"{staged} IS NOT NULL AND {invalid}"
+                checks.append(Check(quote_literal(name), condition, "invalid_field_value", message))
         return checks
 
     def _property_rules(self) -> dict[str, tuple[str, str | None, str]]:
-        """Event properties (the extra columns): name → property_rule by the column's source type."""
+        """Extra columns that are properties (events): name → property_rule by the column's source type."""
         return {
-            name: property_rule(self.source_types.get(name, "string"), f"s.{column}", name)
+            name: property_rule(self.source_types.get(name, "string"), column_ref("s", column), name)
             for name, column in self.columns.properties.items()
         }
 
@@ -466,20 +383,20 @@ class Validator:
         """Fields whose values are checked (their text may be invalid for the field type), with the SQL
         that is true for an invalid value: the full rule, or for a typed source only its range check."""
         checked = {}
-        for field, column, rule in self._rules():
-            field_type = self.destination.type_of(field)
+        for field, staged, rule in self._rules():
+            field_type = self.fields.type_of(field)
             source_type = self.source_types.get(self.columns.source_names[field], "string")
             if not rule.invalid:
                 continue
             if not implied_valid(field_type, source_type):
                 checked[field] = rule.invalid
-            elif (out_of_range := typed_invalid(field_type, f"s.{column}")) is not None:
+            elif (out_of_range := typed_invalid(field_type, staged)) is not None:
                 checked[field] = out_of_range
         return checked
 
     def _problem_case(self) -> str:
         """SQL numbering the first failing check of a staged row (NULL when the row is good)."""
-        whens = " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond, _, _) in enumerate(self._checks()))
+        whens = " ".join(f"WHEN {check.condition} THEN {i}" for i, check in enumerate(self._checks()))
         return f"CASE {whens} END"
 
     def reject_rows(self, conn: sa.Connection) -> int:
@@ -489,36 +406,26 @@ class Validator:
         present in a full sync (a rejected row is not a removed one); writers take `problem IS NULL`.
         """
         checks = self._checks()
+        statement = reject_rows_sql(
+            self.rows,
+            self.stage,
+            self.row_key_sql(),
+            case_by_problem_sql([c.column for c in checks]),
+            case_by_problem_sql([quote_literal(c.code) for c in checks]),
+            case_by_problem_sql([c.message for c in checks]),
+            self._raw_row_json(),
+        )
+        return conn.exec_driver_sql(statement, {"run_id": self.run_id, "sync": self.sync_name}).rowcount
 
-        def by_problem(values: list[str]) -> str:
-            return "CASE r.problem " + " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(values)) + " END"
-
-        column = by_problem([col for col, _, _, _ in checks])
-        code = by_problem([f"'{code}'" for _, _, code, _ in checks])
-        message = by_problem([msg for _, _, _, msg in checks])
-        rejected = conn.exec_driver_sql(
-            f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
-            SELECT %(run_id)s, %(sync)s, {self.row_key_sql()}, {column}, {code}, {message},
-                   {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER})
-            FROM {self.rows} r JOIN {self.stage} s ON s.{ROW_NUMBER} = r.row_number
-            WHERE r.problem IS NOT NULL""",
-            {"run_id": self.run_id, "sync": self.sync_name},
-        ).rowcount
-        return rejected
+    # --- typed values ---
 
     def field_columns(self) -> dict[str, str]:
-        """Written field → its typed column in the rows table (v0, v1, …)."""
+        """Written field → its typed column in the rows table (v0, v1, …; not quoted)."""
         return {f: f"v{i}" for i, f in enumerate(self.written_fields())}
-
-    def _skips_unchanged(self) -> bool:
-        # Only contacts skip rows whose raw text matches the fingerprint their key was last written with:
-        # they need no checks and no typed values (a re-run of an unchanged sync costs little more than
-        # reading it). A contact row is all there is to its key; an object's fields come from several rows.
-        return self.destination.kind == "contacts"
 
     def _typed_value(self, field: str, guarded: bool = True) -> str:
         """SQL for a field's typed value in the staged row `s` ("NULL" when the query lacks it); `guarded`, the
-        value is NULL in a contact row that is unchanged (s.unchanged).
+        value is NULL in a row that is unchanged (s.unchanged) of a destination that skips those.
 
         A cast runs only where its own field's check passed, so it cannot fail; a field whose source type
         guarantees validity has no check and no guard. Guards never refer to `problem`, so Postgres evaluates
@@ -527,178 +434,108 @@ class Validator:
         rule = next((rule for f, _, rule in self._rules() if f == field), None)
         if rule is None:
             return "NULL"
-        column = self.columns.fields[field]
         typed = rule.value
         checked = self._checked_fields()
         if field in checked:
-            typed = f"CASE WHEN {_nv('s.' + column)} IS NULL OR NOT {checked[field]} THEN {typed} END"
+            staged = column_ref("s", self.columns.fields[field])
+            typed = f"CASE WHEN {blank_to_null(staged)} IS NULL OR NOT {checked[field]} THEN {typed} END"
         return self._unless_unchanged(typed) if guarded else typed
 
     def _unless_unchanged(self, sql: str) -> str:
-        return f"CASE WHEN NOT s.unchanged THEN {sql} END" if self._skips_unchanged() else sql
+        return f"CASE WHEN NOT s.unchanged THEN {sql} END" if self.destination.skips_unchanged else sql
 
-    def _typed_select(self) -> str:
-        c = self.columns.staged
-        kind = self.destination.kind
-        skips_unchanged = self._skips_unchanged()
-        value = self._typed_value
-        mapped = self.columns.fields
-        typed_fields = ", ".join(f"{value(f)} AS {col}" for f, col in self.field_columns().items())
+    def _typed_columns(self, own: TypedColumns) -> list[str]:
+        """The inner SELECT's columns: what every destination's rows hold, then the destination's own."""
+        value, mapped, email = self._typed_value, self.columns.fields, self.staged("email")
+        typed_fields = [f"{value(f)} AS {quote_ident(col)}" for f, col in self.field_columns().items()]
         # (an unchanged contact row keeps only its key and fingerprint: reject_duplicates reads its updated_at)
         updated_at = value("updated_at") + "::timestamptz" if "updated_at" in mapped else "NULL::timestamptz"
-        email = self._unless_unchanged(trimmed_email_sql(c("email"))) if c("email") else "NULL::text"
-        key = f"coalesce(s.{EMAIL_KEY}, {email_key_sql(c('email'))})" if c("email") else "NULL::text"
-        email_norm = self._unless_unchanged(key)
         rel = value(RELATIONSHIP_FIELDS) + "::jsonb" if RELATIONSHIP_FIELDS in mapped else "NULL::jsonb"
-        object_id = f"btrim({c('id')})" if kind == "custom_objects" else "NULL::text"
-        if kind == "events":
-            props_pairs = [(name, typed) for name, (typed, _, _) in self._property_rules().items()]
-            explicit = value("properties") + "::jsonb" if "properties" in mapped else "NULL::jsonb"
-            properties = f"coalesce({explicit}, '{{}}'::jsonb) || {json_object_sql(props_pairs)}"
-            event_ts = value("timestamp")
-            event_name = value("event_name")
-            given = value("message_id")
-            message_id = f"coalesce({given}, {derived_message_id_sql(key, event_name, event_ts, properties)})"
-            row_key = "message_id"
-        else:
-            properties, event_ts, event_name, message_id = (
-                "NULL::jsonb",
-                "NULL::timestamptz",
-                "NULL::text",
-                "NULL::text",
-            )
-            row_key = (
-                None if kind == "contacts" else f"object_id || {_UNIT_SEPARATOR} || coalesce(email_norm, '')"
-            )
-        fingerprint = f"s.{FINGERPRINT}"
-        # action: the row against the fingerprint its key was last written with by this sync (added, changed,
-        # unchanged); a write checks that no other run of the sync wrote since (plan_is_current)
-        join = ""
-        if skips_unchanged:
-            source = f"""(SELECT s.*, f.fingerprint AS stored_fingerprint,
-                                 coalesce(f.fingerprint = {fingerprint}, false) AS unchanged,
-                                 CASE WHEN f.fingerprint = {fingerprint} THEN NULL ELSE {self._problem_case()} END
-                                     AS problem
-                          FROM {self.stage} s
-                          LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {key})"""
-            stored = "typed.stored_fingerprint"
-        else:
-            source = f"(SELECT *, false AS unchanged, {self._problem_case()} AS problem FROM {self.stage} s)"
-            stored = "f.fingerprint"
-            if kind == "custom_objects":
-                join = f"LEFT JOIN sync_fingerprints f ON f.sync_name = %(sync)s AND f.row_key = {row_key}"
-        action = (
-            "NULL::text"
-            if kind == "events"
-            else f"""CASE WHEN {stored} IS NULL THEN 'added' WHEN {stored} = typed.fingerprint THEN 'unchanged'
-                          ELSE 'changed' END"""
-        )
-        # a contact's key is its e-mail's, kept in unchanged rows too (where email_norm is NULL)
-        inner_key, outer_key = (
-            (f", {key} AS row_key", "") if row_key is None else ("", f", {row_key} AS row_key")
-        )
-        return f"""
-            SELECT typed.*{outer_key}, NULL::bigint AS contact_id, {action} AS action, false AS skip,
-                   false AS declined
-            FROM (
-                SELECT s.{ROW_NUMBER} AS row_number, s.problem{inner_key}, {email} AS email,
-                       {email_norm} AS email_norm, {updated_at} AS updated_at{", " if typed_fields else ""}{typed_fields},
-                       {rel} AS rel_fields, {object_id} AS object_id,
-                       {event_name} AS event_name, ({event_ts})::timestamptz AS event_ts,
-                       {message_id} AS message_id, {properties} AS properties, {fingerprint} AS fingerprint
-                       {", s.stored_fingerprint" if skips_unchanged else ""}
-                FROM {source} s
-            ) typed {join}
-        """
+        inner_key = [f"s.problem, {own.row_key} AS row_key" if own.row_key_from_stage else "s.problem"]
+        return [
+            f"{_STAGED_ROW_NUMBER} AS row_number",
+            *inner_key,
+            f"{self._unless_unchanged(trimmed_email_sql(email)) if email else 'NULL::text'} AS email",
+            f"{self._unless_unchanged(self.email_key())} AS email_norm",
+            f"{updated_at} AS updated_at",
+            *typed_fields,
+            f"{rel} AS rel_fields",
+            f"{own.object_id} AS object_id",
+            f"{own.event_name} AS event_name",
+            f"({own.event_ts})::timestamptz AS event_ts",
+            f"{own.message_id} AS message_id",
+            f"{own.properties} AS properties",
+            f"{_STAGED_FINGERPRINT} AS fingerprint",
+            *(["s.stored_fingerprint"] if self.destination.skips_unchanged else []),
+        ]
 
-    def _staged_keys_select(self) -> str:
-        """SELECT of each staged row's key as the rows table will hold it (contacts and custom objects)."""
-        c = self.columns.staged
-        key = f"coalesce(s.{EMAIL_KEY}, {email_key_sql(c('email'))})" if c("email") else "NULL::text"
-        if self.destination.kind == "custom_objects":
-            key = f"btrim({c('id')}) || {_UNIT_SEPARATOR} || coalesce({key}, '')"
-        return f"SELECT {key} FROM {self.stage} s"
+    def _typed_select(self) -> str:
+        """The rows table: each staged row's first problem, typed values, key and action (added, changed or
+        unchanged against the fingerprint its key was last written with by this sync; a write checks that no
+        other run of the sync wrote since, plan_is_current)."""
+        own = self.destination.typed_columns(self)
+        keys = self.destination.fingerprint_keys(self)
+        outer_key = "" if own.row_key_from_stage else f", {own.row_key} AS row_key"
+        problem = self._problem_case()
+        source, action, join = checked_source_sql(self.stage, problem), _ACTION_NONE, ""
+        if keys is not None and self.destination.skips_unchanged:
+            source = skipping_source_sql(self.stage, keys.staged_key, problem)
+            action = action_sql("typed.stored_fingerprint")
+        elif keys is not None:
+            action, join = action_sql("f.fingerprint"), fingerprint_join_sql(own.row_key)
+        return typed_rows_sql(outer_key, action, self._typed_columns(own), source, join)
 
     def build_rows(self, conn: sa.Connection) -> int:
         """One pass over the staged rows: each row's first problem (if any) and its typed values, planned
         against the fingerprints whose store records are still as the sync left them."""
-        fingerprints.forget_moved_records(
-            conn,
-            self.sync_name,
-            self.destination.kind,
-            self._staged_keys_select(),
-            {"object_type": self.object_type},
-        )
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.rows}")
+        keys = self.destination.fingerprint_keys(self)
+        if keys is not None:
+            fingerprints.forget_moved_records(
+                conn,
+                self.sync_name,
+                keys.moved,
+                f"SELECT {keys.staged_key} FROM {self.stage} s",
+                {"object_type": self.object_type},
+            )
+        conn.exec_driver_sql(drop_rows_sql(self.rows))
         return conn.exec_driver_sql(
-            f"CREATE UNLOGGED TABLE {self.rows} AS {self._typed_select()}",
-            {"run_id": self.run_id, "sync": self.sync_name},
+            create_rows_sql(self.rows, self._typed_select()), {"run_id": self.run_id, "sync": self.sync_name}
         ).rowcount
+
+    # --- duplicates ---
 
     def reject_duplicates(self, conn: sa.Connection, report: bool = True) -> tuple[int, int]:
         """Rows sharing a key: the later updated_at wins; different values are reported, identical ones merged.
 
         Returns (reported duplicates, identical rows merged). `report=False` only removes them (a rebuild).
         """
-        # Most runs have none: counting distinct keys (a sort in byte order) answers that faster than
-        # grouping them in a hash table of a million keys.
-        surplus = conn.exec_driver_sql(
-            f'SELECT count(*) - count(DISTINCT row_key COLLATE "C") FROM {self.rows} WHERE problem IS NULL'
-        ).scalar_one()
-        if not surplus:
+        if not conn.exec_driver_sql(surplus_keys_sql(self.rows)).scalar_one():
             return 0, 0
-        conn.exec_driver_sql(
-            f"""CREATE TEMP TABLE _duplicated_keys ON COMMIT DROP AS
-            SELECT row_key FROM {self.rows} WHERE problem IS NULL GROUP BY row_key HAVING count(*) > 1"""
-        )
+        conn.exec_driver_sql(duplicated_keys_sql(self.rows))
         updated_at, stage = "r.updated_at", ""
-        if self._skips_unchanged() and "updated_at" in self.columns.fields:
-            # an unchanged contact row has no updated_at in the rows table: read from its staged text
+        if self.destination.skips_unchanged and "updated_at" in self.columns.fields:
+            # an unchanged row has no updated_at in the rows table: read from its staged text
             updated_at = (
                 f"coalesce(r.updated_at, ({self._typed_value('updated_at', guarded=False)})::timestamptz)"
             )
-            stage = f"JOIN {self.stage} s ON s.{ROW_NUMBER} = r.row_number"
-        conn.exec_driver_sql(
-            f"""CREATE TEMP TABLE _ranked ON COMMIT DROP AS
-            SELECT r.row_number AS rn, r.row_key, r.fingerprint,
-                   first_value(r.fingerprint) OVER w AS winner_fp, first_value(r.row_number) OVER w AS winner,
-                   row_number() OVER w AS rank
-            FROM {self.rows} r {stage}
-            WHERE r.problem IS NULL AND r.row_key IN (SELECT row_key FROM _duplicated_keys)
-            WINDOW w AS (PARTITION BY r.row_key ORDER BY {updated_at} DESC NULLS LAST, r.row_number DESC)"""
-        )
-        conn.exec_driver_sql("DELETE FROM _ranked WHERE rank = 1")
-        reported = 0
-        if report:
-            reported = self._report_duplicates(conn)
-        merged = conn.exec_driver_sql(
-            f"DELETE FROM {self.rows} t USING _ranked k WHERE t.row_number = k.rn"
-        ).rowcount
-        conn.exec_driver_sql("DROP TABLE _ranked; DROP TABLE _duplicated_keys")
+            stage = f"JOIN {self.stage} s ON {_STAGED_ROW_NUMBER} = r.row_number"
+        conn.exec_driver_sql(ranked_duplicates_sql(self.rows, stage, updated_at))
+        conn.exec_driver_sql(KEEP_ONLY_LOSERS)
+        reported = self._report_duplicates(conn) if report else 0
+        merged = conn.exec_driver_sql(delete_losers_sql(self.rows)).rowcount
+        conn.exec_driver_sql(DROP_RANKED)
         return reported, merged - reported
 
     def _report_duplicates(self, conn: sa.Connection) -> int:
         return conn.exec_driver_sql(
-            f"""INSERT INTO sync_rejections (run_id, sync_name, row_key, column_name, code, message, row)
-            SELECT %(run_id)s, %(sync)s, d.row_key_display, NULL, 'duplicate_key_in_batch',
-                   'duplicate key ' || quote_literal(d.row_key_display) || ' in this run: row ' || k.winner
-                   || ' has the same key and a later updated_at, so it wins',
-                   r.row
-            FROM _ranked k
-            JOIN LATERAL (SELECT replace(k.row_key, chr(31), ' / ') AS row_key_display) d ON true
-            JOIN LATERAL (
-                SELECT {self._raw_row_json()} || jsonb_build_object('_row_number', s.{ROW_NUMBER}) AS row
-                FROM {self.stage} s WHERE s.{ROW_NUMBER} = k.rn
-            ) r ON true
-            WHERE k.fingerprint <> k.winner_fp""",
+            report_duplicates_sql(self.stage, self._raw_row_json()),
             {"run_id": self.run_id, "sync": self.sync_name},
         ).rowcount
 
     def _analyze(self, conn: sa.Connection) -> None:
-        """Statistics the writers' plans need (not the typed field columns: nothing filters or joins on them)."""
-        conn.exec_driver_sql(
-            f"ANALYZE {self.rows} (problem, action, skip, row_key, email_norm, contact_id, object_id, message_id)"
-        )
+        conn.exec_driver_sql(analyze_rows_sql(self.rows))
+
+    # --- the pass ---
 
     def rebuild(self, conn: sa.Connection) -> None:
         """Build the rows table again against the fingerprints stored now (for a write whose plan went stale).
@@ -708,7 +545,7 @@ class Validator:
         self._analyze(conn)
 
     def run(self, conn: sa.Connection, queried: int) -> ValidationResult:
-        conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+        conn.exec_driver_sql(SET_UTC)
         # read before the rows are planned against the fingerprints: a write committed in between makes the
         # plan look stale, never current
         planned_after = sync_state.last_successful_run(conn, self.sync_name)
@@ -725,3 +562,6 @@ class Validator:
             merged=merged,
             planned_after_run=planned_after,
         )
+
+
+__all__ = ["ColumnMap", "ValidationResult", "Validator", "WholeRunError", "json_object_sql", "map_columns"]

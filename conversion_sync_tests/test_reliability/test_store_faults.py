@@ -152,7 +152,7 @@ def test_store_connection_killed_mid_merge(
             lambda self, conn, *args, **kw: slow_resolve(conn, *args, matcher=self, **kw),
         )
     else:
-        monkeypatch.setattr(writers, "_save_fingerprints", slow_after(writers._save_fingerprints))
+        monkeypatch.setattr(writers, "save_fingerprints", slow_after(writers.save_fingerprints))
     with BackendKiller(world.store_url, SLOW) as killer, pytest.raises(sa.exc.OperationalError) as failure:
         world.run(destination)
     assert killer.killed, "the merge's connection was not found"

@@ -12,6 +12,7 @@ from conversion_sync.store.staging import qualified, store_lowers_ascii_plainly
 from conversion_sync.store.sync_state import reset_sync
 from conversion_sync.syncs import runner as runner_module
 from conversion_sync.syncs import writers
+from conversion_sync.syncs.destinations import contacts as contacts_destination
 from conversion_sync.syncs.runner import SyncFailed
 from conversion_sync.syncs.template import EPOCH
 
@@ -250,7 +251,7 @@ def test_a_first_large_load_builds_its_fingerprints_beside_the_write(
         raise RuntimeError("the write fails after the build started")
 
     with monkeypatch.context() as failing:
-        failing.setattr(writers, "_mark_declined", fail_after_build)
+        failing.setattr(contacts_destination, "_mark_declined", fail_after_build)
         with pytest.raises(RuntimeError):
             world.run("people")
     assert world.scalar("SELECT count(*) FROM sync_fingerprints") == 0

@@ -82,13 +82,13 @@ def test_failure_during_write_leaves_no_half_written_rows(
     world.add_sync("users", "SELECT * FROM users")
     import conversion_sync.syncs.writers as writers
 
-    real = writers._save_fingerprints
+    real = writers.save_fingerprints
 
     def crash_after_merge(*args) -> None:  # type: ignore[no-untyped-def]
         real(*args)
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(writers, "_save_fingerprints", crash_after_merge)
+    monkeypatch.setattr(writers, "save_fingerprints", crash_after_merge)
     with pytest.raises(RuntimeError, match="disk full"):
         world.run("users")
     assert world.scalar("SELECT count(*) FROM contacts") == 0
@@ -97,5 +97,5 @@ def test_failure_during_write_leaves_no_half_written_rows(
     assert world.sql("SELECT status, error FROM sync_runs") == [
         ("failed", "RuntimeError: disk full (simulated)")
     ]
-    monkeypatch.setattr(writers, "_save_fingerprints", real)
+    monkeypatch.setattr(writers, "save_fingerprints", real)
     assert world.run("users").counts["added"] == 1000

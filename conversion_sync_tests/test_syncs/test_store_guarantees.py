@@ -9,7 +9,7 @@ from conversion_sync.salesforce import poller
 from conversion_sync.store import contacts as contacts_module
 from conversion_sync.store.connection import store_engine
 from conversion_sync.store.sync_state import reset_sync
-from conversion_sync.syncs import writers
+from conversion_sync.syncs.destinations import contacts as contacts_destination
 from conversion_sync.syncs.runner import SyncFailed
 from conversion_sync.syncs.template import EPOCH
 
@@ -192,12 +192,14 @@ def test_a_tie_goes_to_the_incoming_value_in_every_writer(
     (before: `>=` in one, `>` in the other)."""
     assert "<RULE>" not in poller.field_sync_sql([], bag="custom_fields").sets
     monkeypatch.setattr(poller, "incoming_wins_sql", lambda *a, **k: "<RULE>")
-    monkeypatch.setattr(writers, "incoming_wins_sql", lambda *a, **k: "<RULE>")
+    monkeypatch.setattr(contacts_destination, "incoming_wins_sql", lambda *a, **k: "<RULE>")
     field = poller.MappedField(
         store_field="first_name", salesforce_field="FirstName", preference="most_recent", is_column=True
     )
     assert "<RULE>" in " ".join(poller.field_sync_sql([field], bag="custom_fields").decisions)
-    assert "<RULE>" in writers._ContactField("first_name", "v", "c.first_name", True, False).applies
+    assert (
+        "<RULE>" in contacts_destination._ContactField("first_name", "v", "c.first_name", True, False).applies
+    )
     assert ">=" in contacts_module.incoming_wins_sql("first_name", "w.ts")
     world.warehouse(
         """CREATE TABLE a AS SELECT 'x@example.com' AS email, 'A' AS first_name, TIMESTAMP '2026-01-01' AS updated_at;

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import conversion_sync
 from conversion_sync.cli import main
 from conversion_sync.store import sync_state
-from conversion_sync.syncs import runner as runner_module
+from conversion_sync.syncs.destinations import contacts as contacts_destination
 from conversion_sync.syncs.runner import SyncFailed
 from conversion_sync.syncs.validation import Validator
 
@@ -267,7 +267,7 @@ def test_a_failed_write_keeps_no_rejections(world: SyncWorld, cli, monkeypatch: 
     def broken_writer(conn: Any, ctx: Any) -> Any:
         raise RuntimeError("the store refused the write")
 
-    monkeypatch.setitem(runner_module.WRITERS, "contacts", broken_writer)
+    monkeypatch.setattr(contacts_destination.DESTINATION, "write", broken_writer)
     with pytest.raises(RuntimeError):
         world.run("users")
     assert sync_state_count(world) == 0  # before: the failed run's 2 rejected rows stayed

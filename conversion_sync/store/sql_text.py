@@ -1,0 +1,54 @@
+"""SQL text built in Python: identifiers quoted by the driver, literals quoted in one place.
+
+Every identifier that is interpolated into a statement (a column, a staged table, a partition) goes through
+`quote_ident`, whatever it holds, so no statement relies on config validation having limited the names.
+Values go through parameters; where a statement cannot take parameters (a view, a key inside generated SQL),
+through `quote_literal`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from psycopg import sql
+
+_JSON_PAIRS_PER_CALL = 40
+"""jsonb_build_object takes at most 100 arguments: 40 pairs leave room."""
+
+
+@lru_cache(maxsize=4096)
+def quote_ident(name: str) -> str:
+    """An identifier as the driver quotes it: `"name"`, an inner `"` doubled (psycopg's sql.Identifier)."""
+    return sql.Identifier(name).as_string(None)
+
+
+def quote_qualified(schema: str, name: str) -> str:
+    """`"schema"."name"`, both parts quoted by the driver."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def column_ref(alias: str, column: str) -> str:
+    """`alias."column"`: a column of a table alias the statement itself names (s, r, w …)."""
+    return f"{alias}.{quote_ident(column)}"
+
+
+def quote_literal(text: str) -> str:
+    """A text literal: `'text'`, an inner `'` doubled (the store runs with standard_conforming_strings)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def json_object_sql(pairs: list[tuple[str, str]]) -> str:
+    """jsonb_build_object over any number of (key, SQL value) pairs (it takes at most 100 arguments per call)."""
+    if not pairs:
+        return "'{}'::jsonb"
+    chunks = [pairs[i : i + _JSON_PAIRS_PER_CALL] for i in range(0, len(pairs), _JSON_PAIRS_PER_CALL)]
+    parts = [
+        "jsonb_build_object(" + ", ".join(f"{quote_literal(k)}, {v}" for k, v in chunk) + ")"
+        for chunk in chunks
+    ]
+    return " || ".join(parts)
+
+
+def text_array_sql(items: list[str]) -> str:
+    """`ARRAY['a', 'b']::text[]` of literals."""
+    return "ARRAY[" + ", ".join(quote_literal(i) for i in items) + "]::text[]"
