@@ -26,7 +26,7 @@ from conversion_sync.config import load_project_config
 from conversion_sync.config.environment import ENV_VAR
 from conversion_sync.definitions import build_definitions
 from conversion_sync.salesforce.client import ENV_VARS
-from conversion_sync.store.connection import STORE_URL_ENV
+from conversion_sync.store.connection import STORE_URL_ENV, StoreNotConfigured
 
 SNAPSHOT = Path(__file__).with_name("defs_snapshot.json")
 UPDATE_ENV = "UPDATE_DEFS_SNAPSHOT"
@@ -148,6 +148,15 @@ def test_production_keeps_the_store_url_out_of_run_config(
     store = (defs.resources or {})["contact_store"]
     assert isinstance(store.url, dg.EnvVar) and store.url.env_var_name == STORE_URL_ENV
     assert "not-a-password" not in repr(defs.resources)
+
+
+def test_production_without_a_store_url_fails_at_load(
+    monkeypatch: pytest.MonkeyPatch, config_dir: Path
+) -> None:
+    monkeypatch.setenv(ENV_VAR, "production")
+    monkeypatch.delenv(STORE_URL_ENV, raising=False)
+    with pytest.raises(StoreNotConfigured, match=STORE_URL_ENV):
+        build_definitions(load_project_config(config_dir))
 
 
 def test_demo_code_location_loads(monkeypatch: pytest.MonkeyPatch, config_dir: Path) -> None:
