@@ -4,6 +4,10 @@ Every identifier that is interpolated into a statement (a column, a staged table
 `quote_ident`, whatever it holds, so no statement relies on config validation having limited the names.
 Values go through parameters; where a statement cannot take parameters (a view, a key inside generated SQL),
 through `quote_literal`.
+
+Both double a `%`: SQLAlchemy hands every statement to psycopg with a parameter collection (an empty one when
+there are no parameters), and psycopg reads `%` anywhere in the text as the start of a placeholder and `%%` as
+one `%`. So a name such as `growth%` or `x%(sync)s` is only ever data.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ _JSON_PAIRS_PER_CALL = 40
 """jsonb_build_object takes at most 100 arguments: 40 pairs leave room."""
 
 
+_PERCENT = "%"
+
+
 @lru_cache(maxsize=4096)
 def quote_ident(name: str) -> str:
-    """An identifier as the driver quotes it: `"name"`, an inner `"` doubled (psycopg's sql.Identifier)."""
-    return sql.Identifier(name).as_string(None)
+    """An identifier as the driver quotes it: `"name"`, an inner `"` doubled (psycopg's sql.Identifier), a `%`
+    doubled for the driver's placeholder parsing."""
+    return sql.Identifier(name).as_string(None).replace(_PERCENT, _PERCENT * 2)
 
 
 def quote_qualified(schema: str, name: str) -> str:
@@ -33,8 +41,9 @@ def column_ref(alias: str, column: str) -> str:
 
 
 def quote_literal(text: str) -> str:
-    """A text literal: `'text'`, an inner `'` doubled (the store runs with standard_conforming_strings)."""
-    return "'" + text.replace("'", "''") + "'"
+    """A text literal: `'text'`, an inner `'` doubled (the store runs with standard_conforming_strings), a `%`
+    doubled for the driver's placeholder parsing."""
+    return "'" + text.replace("'", "''").replace(_PERCENT, _PERCENT * 2) + "'"
 
 
 def json_object_sql(pairs: list[tuple[str, str]]) -> str:

@@ -11,6 +11,8 @@ from conversion_sync.store.sql_text import json_object_sql, quote_ident, quote_l
 from conversion_sync.syncs import destinations
 from conversion_sync.syncs.destinations import DESTINATIONS, Destination, destination_for
 
+from .conftest import SyncWorld
+
 ENGINE_MODULES = ("validation.py", "runner.py", "writers.py")
 """The shared engine: nothing in it may name a destination type."""
 
@@ -43,5 +45,25 @@ def test_identifiers_and_literals_are_quoted_whatever_they_hold() -> None:
     assert quote_ident('a"b; DROP TABLE contacts') == '"a""b; DROP TABLE contacts"'
     assert quote_qualified("conversion_staging", "stage_x") == '"conversion_staging"."stage_x"'
     assert quote_literal("it's") == "'it''s'"
+    assert quote_literal("50%") == "'50%%'"  # psycopg reads %% as %
+    assert quote_ident("growth%") == '"growth%%"'
     assert json_object_sql([("o'k", "1")]) == "jsonb_build_object('o''k', 1)"
     assert json_object_sql([]) == "'{}'::jsonb"
+
+
+def test_event_properties_named_with_quotes_and_percent_signs_land(world: SyncWorld) -> None:
+    """An events query's extra columns become properties under whatever names the warehouse gives them; the
+    names reach the statements as quoted literals, so a quote or a `%` (which the driver reads as the start
+    of a placeholder) is only data. Before: such a name failed the run."""
+    world.warehouse(
+        """CREATE TABLE ev AS SELECT * FROM (VALUES
+            ('x1', 'a@example.com', 'signup', TIMESTAMP '2026-01-01', 12, 'it''s'),
+            ('x2', 'b@example.com', 'signup', NULL, 5, 'no time')
+        ) t(message_id, email, event_name, timestamp, "growth%", "it's %(sync)s")"""
+    )
+    world.add_sync("ev", "SELECT * FROM ev", destination={"type": "events"})
+    outcome = world.run("ev")
+    assert (outcome.counts["added"], outcome.counts["rejected"]) == (1, 1)
+    assert world.scalar("SELECT properties FROM events") == {"growth%": 12, "it's %(sync)s": "it's"}
+    [(row,)] = world.sql("SELECT row FROM sync_rejections")
+    assert (row["growth%"], row["it's %(sync)s"]) == ("5", "no time")
