@@ -50,6 +50,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 stop: $(STAMP)
 	$(BIN)/conversion-sync store stop
