@@ -139,7 +139,9 @@ def status(ctx: click.Context) -> None:
     with _store().begin() as conn:
         mark_crashed_runs(conn)  # so that the runs' history says crashed too
         runs = latest_runs(conn)
-    rows = [("SYNC", "STATE", "LAST RUN", "QUERIED", "ADDED", "CHANGED", "UNCHANGED", "REMOVED", "REJECTED")]
+    rows: list[tuple[str, ...]] = [
+        ("SYNC", "STATE", "LAST RUN", "QUERIED", "ADDED", "CHANGED", "UNCHANGED", "REMOVED", "REJECTED")
+    ]
     for name in sorted(project.syncs):
         sync, run = project.syncs[name], runs.get(name)
         counts = run.counts if run else {}
@@ -204,7 +206,7 @@ def rejections(ctx: click.Context, sync_name: str, run_id: str | None) -> None:
         run_id = run_id or last_run_with_rejections(conn, sync_name)
         if run_id is None:
             raise click.ClickException(f"sync '{sync_name}' has no rejected rows")
-        count = rejections_csv(conn, sync_name, run_id, click.get_text_stream("stdout"))
+        count = rejections_csv(conn, sync_name, run_id, sys.stdout)
     click.echo(f"{count} rejected row(s) of run {run_id}", err=True)
 
 
@@ -420,7 +422,7 @@ def campaign_errors_csv(name: str, run_id: str | None) -> None:
         raise click.ClickException(
             f"campaign '{name}' has no reconciliation errors" + (f" in run {run_id}" if run_id else "")
         )
-    writer = csv.DictWriter(click.get_text_stream("stdout"), fieldnames=list(rows[0]))
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     click.echo(f"{len(rows)} error(s) of run {found_run}", err=True)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -246,7 +247,7 @@ def drop_run_tables(conn: sa.Connection, table: str) -> None:
 
 
 @contextmanager
-def adbc_connection(store_url: str) -> Iterator[object]:
+def adbc_connection(store_url: str) -> Iterator[Any]:
     """An ADBC connection to the store, for COPY BINARY ingest of Arrow data."""
     import adbc_driver_postgresql.dbapi as adbc
 

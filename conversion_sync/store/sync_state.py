@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -12,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 
@@ -516,7 +515,7 @@ REJECTIONS_CSV = """SELECT run_id, sync_name, row_key, column_name, code, messag
         WHERE sync_name = %s AND run_id = %s ORDER BY id"""
 
 
-def rejections_csv(conn: sa.Connection, sync_name: str, run_id: str, out: io.TextIOBase) -> int:
+def rejections_csv(conn: sa.Connection, sync_name: str, run_id: str, out: TextIO) -> int:
     """Write every rejected row of a run as CSV; returns how many."""
     writer = csv.writer(out)
     writer.writerow(["run_id", "sync", "row_key", "column", "code", "message", "row"])

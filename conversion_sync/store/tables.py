@@ -70,7 +70,8 @@ object_relationships = sa.Table(
     metadata,
     sa.Column("object_type", sa.Text, primary_key=True),
     sa.Column("object_id", sa.Text, primary_key=True),
-    sa.Column("contact_id", sa.BigInteger, primary_key=True),  # contacts.id; no foreign keys: see migration 0005
+    # contacts.id and (object_type, object_id): no foreign keys, see migration 0005
+    sa.Column("contact_id", sa.BigInteger, primary_key=True),
     sa.Column("fields", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     *_timestamps(),
     sa.Index("object_relationships_contact", "contact_id"),

@@ -183,6 +183,8 @@ def _credentials_info(text: str) -> dict[str, Any] | None:
 def _api_message(exc: BaseException) -> str:
     """The API's own error text, without the request line the client prepends."""
     if isinstance(exc, api_exceptions.GoogleAPICallError):
-        errors = [e.get("message") for e in (exc.errors or []) if isinstance(e, dict) and e.get("message")]
+        errors = [
+            str(e.get("message")) for e in (exc.errors or []) if isinstance(e, dict) and e.get("message")
+        ]
         return "; ".join(dict.fromkeys(errors)) if errors else str(exc.message)
     return str(exc)

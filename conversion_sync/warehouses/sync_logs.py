@@ -337,7 +337,8 @@ def _duckdb_identifier(name: str) -> str:
 
 def _url_password(url: str) -> str | None:
     try:
-        return conninfo_to_dict(url).get("password") or None
+        password = conninfo_to_dict(url).get("password")
+        return str(password) if password else None
     except psycopg.ProgrammingError:
         return None
 
