@@ -290,7 +290,7 @@ def store_stop() -> None:
     click.echo("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
 
 
-# -- campaigns (SPEC §6) -------------------------------------------------------------------------
+# -- campaigns -----------------------------------------------------------------------------------
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The contact store's tables (SQLAlchemy Core): the logical schema other services read (SPEC §8)."""
+"""The contact store's tables (SQLAlchemy Core): the logical schema other services read."""
 
 from __future__ import annotations
 

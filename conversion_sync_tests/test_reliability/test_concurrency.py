@@ -37,7 +37,7 @@ SALESFORCE_YAML = {
 def build_world(world: SyncWorld, org: Org, people: int) -> None:
     """Every source touches the emails p0…p{people}: each overlaps the others by about half.
 
-    No email belongs to two Salesforce records: for such an email SPEC §5 lets a warehouse row update the
+    No email belongs to two Salesforce records: for such an email the identity rules let a warehouse row update the
     most recently updated of its contacts, which depends on the order the runs happened to commit in.
     """
     n = people

@@ -163,7 +163,7 @@ def test_late_commit_inside_the_overlap_is_not_lost(harness: Harness) -> None:
     assert harness.contact(late)["email"] == "late0@example.com"
 
 
-# -- identity rules (SPEC §5) --------------------------------------------------------------------
+# -- identity rules -------------------------------------------------------------------------------
 
 
 def test_identity_rules(harness: Harness) -> None:

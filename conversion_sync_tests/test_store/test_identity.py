@@ -1,4 +1,4 @@
-"""Identity matching (SPEC §5): each rule, set-based, and no duplicates under a two-process race."""
+"""Identity matching: each rule, set-based, and no duplicates under a two-process race."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Migrations create every SPEC §8 table on an empty store, and re-running them is a no-op."""
+"""Migrations create every table of the store's logical schema on an empty store, and re-running them is a no-op."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conversion_sync.store.fingerprints import create_partition, has_partition, 
 from conversion_sync.store.migrate import alembic_config, current_revision, head_revision, migrate_store
 from conversion_sync.store.staging import FINGERPRINT, BatchTextifier
 
-SPEC_TABLES = {
+STORE_TABLES = {
     "contacts",
     "companies",
     "custom_objects",
@@ -37,7 +37,7 @@ def test_empty_store_migrates_to_head(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     before, after = migrate_store(empty_database_url)
     assert (before, after) == (None, head_revision())
-    assert table_names(empty_database_url) >= SPEC_TABLES | {"alembic_version"}
+    assert table_names(empty_database_url) >= STORE_TABLES | {"alembic_version"}
 
 
 def test_contacts_table_has_the_logical_columns(store_url: str) -> None:
