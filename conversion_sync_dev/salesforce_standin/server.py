@@ -225,9 +225,13 @@ class StandinServer:
         return self
 
     def write_info(self, path: str | Path) -> Path:
+        """Write the connection info atomically (a temporary file renamed into place): a reader waiting for
+        the file to appear never reads it half written."""
         target = Path(path)
-        target.write_text(json.dumps(self.connection_info(), indent=2) + "\n", encoding="utf-8")
-        os.chmod(target, 0o600)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.connection_info(), indent=2) + "\n", encoding="utf-8")
+        os.chmod(partial, 0o600)
+        os.replace(partial, target)
         return target
 
     def save(self) -> None:
