@@ -69,3 +69,9 @@ def skip_while_running_schedule(
         return dg.RunRequest()
 
     return _schedule
+
+
+STORE_POOL = "contact_store"
+"""Dagster pool of the ops that write the contact store (warehouse syncs, campaign reconciliation)."""
+SALESFORCE_POOL = "salesforce_api"
+"""Dagster pool of the ops that call Salesforce (poll, push); they write the store too."""

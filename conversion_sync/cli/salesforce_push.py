@@ -1,0 +1,3 @@
+"""`conversion-sync salesforce push`: send store contacts to Salesforce now."""
+
+from __future__ import annotations

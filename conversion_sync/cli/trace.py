@@ -1,0 +1,3 @@
+"""`conversion-sync trace`: every run that wrote, rejected or removed one key."""
+
+from __future__ import annotations
