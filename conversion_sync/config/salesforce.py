@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -11,6 +11,29 @@ from conversion_sync.config.schedules import parse_duration, schedule_to_cron
 
 Preference = Literal["most_recent", "salesforce_wins", "conversion_wins", "do_not_sync"]
 SalesforceObject = Literal["Contact", "Lead", "Account"]
+CreatePolicy = Literal["immediately", "later", "never"]
+PushObject = Literal["Lead", "Contact"]
+
+DEFAULT_FIELD_MAPPINGS: dict[str, dict[str, str]] = {
+    "Contact": {
+        "first_name": "FirstName",
+        "last_name": "LastName",
+        "job_title": "Title",
+        "phone": "Phone",
+        "city": "MailingCity",
+    },
+    "Lead": {
+        "first_name": "FirstName",
+        "last_name": "LastName",
+        "job_title": "Title",
+        "phone": "Phone",
+        "city": "City",
+        "company_name": "Company",
+    },
+    "Account": {"name": "Name"},
+}
+"""The mappings used when salesforce.yaml has no `field_mappings` key: the standard fields, both ways, with
+`most_recent`. A Contact's company is its Account (Account.Name → the company's name); a Lead's is Company."""
 
 
 class FieldMapping(BaseModel):
@@ -21,10 +44,53 @@ class FieldMapping(BaseModel):
     preference: Preference = "most_recent"
 
 
+class PushRule(BaseModel):
+    """Whether store contacts not yet in Salesforce are created there, and as what."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    create: CreatePolicy = "immediately"
+    as_: PushObject = Field(default="Lead", alias="as")
+
+
+class PushSourceRule(BaseModel):
+    """A per-source override of the push rule; what it leaves out comes from the top-level rule."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    create: CreatePolicy | None = None
+    as_: PushObject | None = Field(default=None, alias="as")
+
+
+class PushSources(BaseModel):
+    """Overrides by where a contact came from: checked in this order, the first that applies decides."""
+
+    model_config = ConfigDict(extra="forbid")
+    campaigns: dict[str, PushSourceRule] = Field(default_factory=dict)
+    """By store campaign name: the contact is a member of the campaign."""
+    warehouse_syncs: dict[str, PushSourceRule] = Field(default_factory=dict)
+    """By warehouse sync name: the sync wrote the contact."""
+    manual: PushSourceRule | None = None
+    """Contacts no warehouse sync wrote (forms, CSV uploads, the API, the command line)."""
+
+
+class PushConfig(PushRule):
+    """salesforce.yaml `push:`: the default rule for creating store contacts in Salesforce, overrides per
+    source, and how many records make a write go through a Bulk API 2.0 ingest job."""
+
+    sources: PushSources = Field(default_factory=PushSources)
+    bulk_threshold: int = Field(default=1000, gt=0)
+
+
 def _shorthand(value: object) -> object:
     if isinstance(value, str):
         return {"salesforce": value}
     return value
+
+
+def _default_mappings() -> dict[SalesforceObject, dict[str, FieldMapping]]:
+    return {
+        cast(SalesforceObject, obj): {store: FieldMapping(salesforce=sf) for store, sf in fields.items()}
+        for obj, fields in DEFAULT_FIELD_MAPPINGS.items()
+    }
 
 
 class SalesforceConfig(BaseModel):
@@ -37,7 +103,8 @@ class SalesforceConfig(BaseModel):
     bulk_threshold: int = Field(default=50_000, gt=0)
     api_reserve: int = Field(default=500, ge=0)
     reconcile_schedule: str = "every 15 minutes"
-    field_mappings: dict[SalesforceObject, dict[str, FieldMapping]] = Field(default_factory=dict)
+    field_mappings: dict[SalesforceObject, dict[str, FieldMapping]] = Field(default_factory=_default_mappings)
+    push: PushConfig = Field(default_factory=PushConfig)
 
     @field_validator("field_mappings", mode="before")
     @classmethod

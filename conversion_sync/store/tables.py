@@ -226,3 +226,28 @@ sync_rejections = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("sync_rejections_run", "sync_name", "run_id"),
 )
+
+salesforce_push_state = sa.Table(
+    "salesforce_push_state",
+    metadata,
+    sa.Column("contact_id", sa.BigInteger, primary_key=True),  # contacts.id; no foreign key (migration 0010)
+    sa.Column("salesforce_id", sa.Text),
+    sa.Column("salesforce_type", sa.Text),
+    # store field → the value Salesforce held after the push last read or wrote the record
+    sa.Column("synced", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("synced_at", sa.DateTime(timezone=True)),
+    sa.Column("salesforce_modified", sa.DateTime(timezone=True)),
+    sa.Column("requested_at", sa.DateTime(timezone=True)),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_at", sa.DateTime(timezone=True)),
+    sa.Column("error_contact_updated_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index(
+        "salesforce_push_state_requested", "contact_id", postgresql_where=sa.text("requested_at IS NOT NULL")
+    ),
+    sa.Index(
+        "salesforce_push_state_errors", "contact_id", postgresql_where=sa.text("error_code IS NOT NULL")
+    ),
+)
+"""Per-contact state of the Salesforce contact push (conversion_sync.salesforce.push)."""
