@@ -51,10 +51,23 @@ def validate(ctx: click.Context) -> None:
         click.echo(f"ok: {name} ({project.sync_files[name]})")
     for broken in sorted(project.broken_syncs.values(), key=lambda b: b.file):
         click.echo(f"broken: {broken.name} ({broken.file}): {len(broken.problems)} problem(s)")
+    _check_salesforce_fields(project)
     if project.problems:
         click.echo(f"{len(project.problems)} problem(s) in {project.directory}", err=True)
         sys.exit(1)
     click.echo(f"config in {project.directory} is valid: {len(project.syncs)} sync(s)")
+
+
+def _check_salesforce_fields(project: ProjectConfig) -> None:
+    """Warn about mapped Salesforce fields that are formulas or read-only (contacts Salesforce only with
+    credentials; never fails validate)."""
+    from conversion_sync.salesforce.field_check import check_mapped_fields
+
+    report = check_mapped_fields(project.salesforce)
+    for item in report.unpushable:
+        click.echo(f"warning: {item.warning()}", err=True)
+    prefix = "warning: salesforce: " if report.status == "unreachable" else "salesforce: "
+    click.echo(prefix + report.message, err=report.status == "unreachable")
 
 
 def project_and_sync(ctx: click.Context, name: str) -> tuple[ProjectConfig, SyncConfig]:

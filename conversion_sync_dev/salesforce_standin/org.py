@@ -121,6 +121,12 @@ class FieldDef:
     default: Any = None
     picklist: tuple[str, ...] = ()
     label: str = ""
+    formula: str | None = None
+    """A formula field's expression (describe: calculated=true, calculatedFormula); computed, never written."""
+
+    @property
+    def custom(self) -> bool:
+        return self.name.endswith("__c")
 
 
 @dataclass
@@ -168,7 +174,10 @@ def _f(
     default: Any = None,
     picklist: Sequence[str] = (),
     label: str = "",
+    formula: str | None = None,
 ) -> FieldDef:
+    if formula is not None:  # formula fields are computed: never createable or updateable, always nillable
+        create = update = False
     if type_ == "boolean":
         nillable = False
         default = False if default is None else default
@@ -188,7 +197,9 @@ def _f(
         rel,
         default,
         tuple(picklist),
-        label or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.removesuffix("Id")),
+        label
+        or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.removesuffix("Id").removesuffix("__c")).replace("_", " "),
+        formula,
     )
 
 
@@ -251,6 +262,21 @@ def _address(prefix: str) -> list[FieldDef]:
         _f(f"{prefix}PostalCode", "string", 20),
         _f(f"{prefix}Country", "string", 80),
     ]
+
+
+EMAIL_DOMAIN_FORMULA = 'IF(ISBLANK(Email), NULL, RIGHT(Email, LEN(Email) - FIND("@", Email)))'
+
+
+def _email_domain(rec: Mapping[str, Any]) -> Any:
+    email = rec.get("Email")
+    return email.split("@", 1)[1] if email and "@" in email else None
+
+
+FORMULAS: dict[tuple[str, str], Any] = {
+    ("Contact", "Email_Domain__c"): _email_domain,
+    ("Lead", "Email_Domain__c"): _email_domain,
+}
+"""(object, formula field) -> how the stand-in computes it from the record (Salesforce evaluates on read)."""
 
 
 def _owner() -> FieldDef:
@@ -346,6 +372,9 @@ SCHEMA: dict[str, ObjectDef] = {
                 _f("Description", "textarea"),
                 _f("HasOptedOutOfEmail", "boolean", label="Email Opt Out"),
                 _owner(),
+                _f("Email_Domain__c", "string", 1300, formula=EMAIL_DOMAIN_FORMULA),
+                # Read-only for the integration user's profile (field-level security), not a formula.
+                _f("Lifetime_Value__c", "currency", create=False, update=False),
             ],
         ),
         _object(
@@ -399,6 +428,9 @@ SCHEMA: dict[str, ObjectDef] = {
                     update=False,
                 ),
                 _owner(),
+                _f("Email_Domain__c", "string", 1300, formula=EMAIL_DOMAIN_FORMULA),
+                # Written by a scoring tool; read-only for the integration user (field-level security).
+                _f("Lead_Score__c", "double", create=False, update=False),
             ],
         ),
         _object(
@@ -1081,7 +1113,8 @@ class Org:
                     raise RecordError("INVALID_FIELD", "cannot specify Id in an insert call", ["Id"])
                 continue
             allowed = fdef.createable if creating else fdef.updateable
-            if not allowed and not (system and name != "Name"):
+            # Seeding may set audit and system fields, never computed ones (Name, formulas).
+            if not allowed and not (system and name != "Name" and fdef.formula is None):
                 refused.append(name)
         if refused:
             raise RecordError(
@@ -1147,6 +1180,7 @@ class Org:
         name = obj.name
         if name in ("Contact", "Lead"):
             rec["Name"] = " ".join(p for p in (rec.get("FirstName"), rec.get("LastName")) if p) or None
+        _compute_formulas(name, rec)
         if name == "Lead" and rec.get("Status") is None:
             rec["Status"] = LEAD_STATUSES[0]
         if name == "CampaignMember":
@@ -1796,6 +1830,7 @@ class Org:
             "SystemModstamp": stamp,
             "LastModifiedById": self.user_id,
         }
+        _compute_formulas(sobject, new)
         self._store(sobject, new, rec)
         return new
 
@@ -1864,6 +1899,22 @@ class Org:
                 self._store(sobject, {**rec, **dict.fromkeys(fields, stamp)}, rec)  # type: ignore[arg-type]
                 changed += 1
             return changed
+
+    def empty_recycle_bin(self, ids: Sequence[str]) -> int:
+        """Purge deleted records for good (emptied from the recycle bin, or past its retention): queryAll and
+        Bulk queryAll no longer return them. Like Salesforce, only records in the recycle bin can be purged."""
+        with self._lock:
+            purged: list[tuple[str, Record]] = []
+            for raw in ids:
+                record_id = normalize_id(raw)
+                sobject = self.type_of_id(record_id or "")
+                rec = self._tables[sobject].get(record_id) if sobject and record_id else None
+                if sobject is None or rec is None or not rec["IsDeleted"]:
+                    raise ApiError(400, "INVALID_ID_FIELD", f"{raw} is not in the recycle bin")
+                purged.append((sobject, rec))
+            for sobject, rec in purged:
+                self._store(sobject, None, rec)
+            return len(purged)
 
     # -- Bulk API 2.0 query jobs ----------------------------------------------------------
 
@@ -2219,6 +2270,12 @@ class Org:
 # ============================================================================================
 
 
+def _compute_formulas(sobject: str, rec: Record) -> None:
+    for (owner, name), compute in FORMULAS.items():
+        if owner == sobject:
+            rec[name] = compute(rec)
+
+
 def _clamp_batch(requested: int | None, default: int) -> int:
     if requested is None:
         return default
@@ -2354,8 +2411,9 @@ def _describe_field(fdef: FieldDef) -> dict[str, Any]:
         "updateable": fdef.updateable,
         "defaultedOnCreate": fdef.default is not None or fdef.name in SYSTEM_FIELDS or fdef.name == "Id",
         "defaultValue": fdef.default if fdef.type != "boolean" else bool(fdef.default),
-        "custom": False,
-        "calculated": False,
+        "custom": fdef.custom,
+        "calculated": fdef.formula is not None,
+        "calculatedFormula": fdef.formula,
         "filterable": fdef.type != "textarea",
         "sortable": fdef.type != "textarea",
         "groupable": fdef.type not in ("textarea", "datetime", "double", "currency"),
