@@ -32,23 +32,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_config(directory: Path, warehouse: Path, contacts: int, events: int, objects: int) -> Path:
+CONTACTS = "{type: contacts}"
+EVENTS = "{type: events}"
+OBJECTS = "{type: custom_objects, object_type: product}"
+
+
+def write_config(directory: Path, warehouse: Path, syncs: dict[str, tuple[str, str]]) -> Path:
+    """A project directory: the DuckDB warehouse, the store schema and one file per sync (name → (destination,
+    query))."""
     directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.yaml"):
+        old.unlink()
     (directory / "warehouses.yaml").write_text(
         f"warehouses:\n  bench: {{type: duckdb, path: '{warehouse}'}}\n"
     )
     (directory / "schema.yaml").write_text(SCHEMA_YAML)
-    (directory / "contacts.yaml").write_text(
-        f"name: contacts\nwarehouse: bench\ndestination: {{type: contacts}}\n"
-        f"query: SELECT * FROM users_{contacts}\n"  # full query: a re-run reads and compares every row
-    )
-    (directory / "events.yaml").write_text(
-        f"name: events\nwarehouse: bench\ndestination: {{type: events}}\nquery: SELECT * FROM events_{events}\n"
-    )
-    (directory / "objects.yaml").write_text(
-        "name: objects\nwarehouse: bench\ndestination: {type: custom_objects, object_type: product}\n"
-        f"query: SELECT * FROM owners_{objects}\n"
-    )
+    for name, (destination, query) in syncs.items():
+        (directory / f"sync_{name}.yaml").write_text(
+            f'name: {name}\nwarehouse: bench\ndestination: {destination}\nquery: "{query}"\n'
+        )
     return directory
 
 
@@ -56,6 +58,7 @@ def run_sync(config_dir: Path, name: str, store_url: str) -> dict[str, Any]:
     """The real path: the same query → validate → write steps the Dagster ops run."""
     project = load_project_config(config_dir)
     runner = SyncRunner(project.syncs[name], project, ContactStore(url=store_url))
+    lock_wait = _time_identity_lock(store_url)
     started = time.perf_counter()
     outcome = runner.run(run_id=f"bench-{uuid.uuid4()}")
     seconds = time.perf_counter() - started
@@ -64,7 +67,29 @@ def run_sync(config_dir: Path, name: str, store_url: str) -> dict[str, Any]:
         "seconds": seconds,
         "counts": outcome.counts,
         "steps": outcome.durations,
+        "identity_lock_wait_s": lock_wait[0],
     }
+
+
+def _time_identity_lock(store_url: str) -> list[float]:
+    """Sum the time this process's statements spend taking the identity lock (pg_advisory_xact_lock)."""
+    import sqlalchemy as sa
+
+    engine = store_engine(store_url)
+    waited = [0.0]
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_xact_lock" in statement:
+            conn.info["bench_lock_started"] = time.perf_counter()
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Any, *args: Any) -> None:
+        began = conn.info.pop("bench_lock_started", None)
+        if began is not None:
+            waited[0] += time.perf_counter() - began
+
+    return waited
 
 
 FLOOR_TABLE = "bench_floor_contacts"
