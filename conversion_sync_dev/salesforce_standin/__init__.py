@@ -15,6 +15,7 @@ from .org import (
     RecordError,
     seed_demo,
 )
+from .rules import STANDARD_DUPLICATE_MESSAGE, DuplicateOptions
 from .server import API_VERSION, StandinServer
 from .soql import SoqlError, compile_query, format_datetime, normalize_id
 
@@ -27,8 +28,10 @@ __all__ = [
     "DEFAULT_USERNAME",
     "FAULT_KINDS",
     "ORG_ID",
+    "STANDARD_DUPLICATE_MESSAGE",
     "ApiError",
     "AuthError",
+    "DuplicateOptions",
     "Org",
     "RecordError",
     "SoqlError",

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .org import ORG_ID, ApiError, AuthError, Org, RecordError, seed_demo
+from .rules import DuplicateOptions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,14 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 def _bool_param(value: str | None) -> bool:
     return (value or "").lower() == "true"
+
+
+def _duplicate_options(request: Request, version: str) -> DuplicateOptions:
+    """The request's ``Sforce-Duplicate-Rule-Header`` (API 52.0 and later; ignored before, like Salesforce)."""
+    header = request.headers.get("sforce-duplicate-rule-header")
+    if float(version) < 52:
+        header = None
+    return DuplicateOptions.from_header(header, version)
 
 
 def _base_url(request: Request) -> str:
@@ -420,7 +429,7 @@ class DataApi:
     def create(self, sobject: str) -> Callable[..., Any]:
         async def handler(request: Request, version: str) -> Response:
             body = await _json_object(request)
-            new_id = self.org.create(sobject, body)
+            new_id = self.org.create(sobject, body, options=_duplicate_options(request, version))
             return _json({"id": new_id, "success": True, "errors": []}, 201)
 
         return handler
@@ -436,7 +445,7 @@ class DataApi:
     def update(self, sobject: str, record_id: str) -> Callable[..., Any]:
         async def handler(request: Request, version: str) -> Response:
             body = await _json_object(request)
-            self.org.update(sobject, record_id, body)
+            self.org.update(sobject, record_id, body, options=_duplicate_options(request, version))
             return Response(status_code=204)
 
         return handler
@@ -457,11 +466,13 @@ class DataApi:
 
     async def collection_create(self, request: Request, version: str) -> Response:
         records, all_or_none = await self._collection_body(request)
-        return _json(self.org.create_collection(records, all_or_none=all_or_none))
+        options = _duplicate_options(request, version)
+        return _json(self.org.create_collection(records, all_or_none=all_or_none, options=options))
 
     async def collection_update(self, request: Request, version: str) -> Response:
         records, all_or_none = await self._collection_body(request)
-        return _json(self.org.update_collection(records, all_or_none=all_or_none))
+        options = _duplicate_options(request, version)
+        return _json(self.org.update_collection(records, all_or_none=all_or_none, options=options))
 
     async def collection_delete(self, request: Request, version: str) -> Response:
         ids = [i for i in (request.query_params.get("ids") or "").split(",") if i]
@@ -605,7 +616,7 @@ def _fault_response(kind: str) -> Response:
 # ============================================================================================
 
 
-_READ_ONLY_ACTIONS = frozenset({"stats", "info", "clock", "faults"})
+_READ_ONLY_ACTIONS = frozenset({"stats", "info", "clock", "faults", "validation_rules", "duplicate_rules"})
 
 
 class ControlApi:
@@ -689,6 +700,29 @@ class ControlApi:
             account_id=body.get("account_id"),
             converted_status=body.get("converted_status") or "Closed - Converted",
         )
+
+    def do_validation_rules(self, body: dict[str, Any]) -> Any:
+        """GET lists; POST ``{"rules": [...], "replace": false}`` adds (same object+name replaces), ``{"clear": true}``
+        removes all. A rule: object, name, error_message, condition, optional error_field, on, active."""
+        return {"rules": self._set_rules(body, self.org.set_validation_rules, self.org.validation_rules)}
+
+    def do_duplicate_rules(self, body: dict[str, Any]) -> Any:
+        """GET lists; POST ``{"rules": [...]}`` like validation_rules. A rule: object, name, match_fields,
+        optional compare_objects, action_on_insert / action_on_update (block | allow), alert, alert_text."""
+        return {"rules": self._set_rules(body, self.org.set_duplicate_rules, self.org.duplicate_rules)}
+
+    @staticmethod
+    def _set_rules(body: dict[str, Any], setter: Callable[..., Any], getter: Callable[[], Any]) -> Any:
+        if body.get("clear"):
+            setter([], replace=True)
+        rules = body.get("rules")
+        if rules is None and "name" in body:
+            rules = [body]
+        if rules is not None:
+            if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+                raise ValueError('rules must be a list of objects: {"rules": [{...}]}')
+            return setter(rules, replace=bool(body.get("replace")))
+        return getter()
 
     def do_merge(self, body: dict[str, Any]) -> Any:
         return self.org.merge(body["master_id"], list(body["duplicate_ids"]))
