@@ -122,7 +122,11 @@ class SalesforceConfig(BaseModel):
         schedule_to_cron(str(value))
         return str(value)
 
-    @field_validator("poll_overlap", "poll_upper_bound_lag", mode="before")
+    id_sweep_every: timedelta = timedelta(hours=24)
+    """How often a poll also lists every Id (one cheap Bulk query per object) and unlinks store records whose
+    Salesforce record is gone for good (beyond the recycle bin); 0 turns the sweep off."""
+
+    @field_validator("poll_overlap", "poll_upper_bound_lag", "id_sweep_every", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:
         if isinstance(value, timedelta):

@@ -1,11 +1,14 @@
-"""Salesforce polling: Accounts → companies, Leads and Contacts → contacts, incremental on SystemModstamp."""
+"""Salesforce polling: Accounts → companies, Leads and Contacts → contacts, incremental on SystemModstamp, with a
+periodic Id sweep, and each poll recorded in the store's run history."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -18,6 +21,14 @@ from conversion_sync.config.salesforce import SalesforceConfig
 from conversion_sync.config.store_schema import RESERVED_CONTACT_NAMES, STANDARD_CONTACT_FIELDS
 from conversion_sync.salesforce.budget import ApiBudget, ApiBudgetExhausted
 from conversion_sync.salesforce.client import SalesforceClient
+from conversion_sync.salesforce.clock import (
+    parse_salesforce_datetime,
+    poll_lower_bound,
+    poll_upper_bound,
+    soql_datetime,
+    whole_seconds,
+)
+from conversion_sync.salesforce.id_sweep import SweepResult, sweep_due, sweep_object
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.contacts import (
     email_key_sql,
@@ -28,11 +39,15 @@ from conversion_sync.store.contacts import (
 )
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.store.sql_text import quote_ident
+from conversion_sync.store.sync_state import RunHeartbeat, finish_run, this_host
 
 POLL_ORDER = ("Account", "Lead", "Contact")
 """Accounts first, so companies exist before people link to them; Leads before Contacts, so a converted
 Lead's store contact is re-linked to its new Contact before that Contact is read (read the other way
 round, the new Contact would get a second store contact)."""
+
+POLL_RUN_NAME = "salesforce:poll"
+"""sync_runs.sync_name of every poll (Dagster or CLI), so `conversion-sync status` shows the poll's runs."""
 
 CURSOR_PREFIX = "salesforce_poll:"
 """sync_state rows `salesforce_poll:Account|Lead|Contact`: watermark = SystemModstamp committed up to."""
@@ -117,6 +132,13 @@ def mapped_fields(config: SalesforceConfig, sobject: str) -> list[MappedField]:
     out = []
     for store_field, mapping in config.field_mappings.get(sobject, {}).items():  # type: ignore[call-overload]
         where = f"salesforce.yaml: field_mappings.{sobject}.{store_field}"
+        if store_field == "email" and sobject != "Account":
+            if mapping.salesforce.lower() != "email":
+                raise SalesforceMappingError(
+                    f"{where}: the store's email is the contact's identity and maps only to Salesforce's Email "
+                    f"(with a preference), not '{mapping.salesforce}'"
+                )
+            continue  # its preference is read by email_preference()
         if not _STORE_FIELD.match(store_field) or store_field in reserved or store_field == "updated_at":
             raise SalesforceMappingError(
                 f"{where}: '{store_field}' cannot receive Salesforce values; use a store field name of "
@@ -131,21 +153,21 @@ def mapped_fields(config: SalesforceConfig, sobject: str) -> list[MappedField]:
     return out
 
 
+def email_preference(config: SalesforceConfig, sobject: str) -> str:
+    """How an email changed in Salesforce reaches the linked contact: the preference of an `email: Email`
+    mapping, else most_recent (newer-wins on the record's LastModifiedDate against the email's stamp)."""
+    if sobject == "Account":
+        return "do_not_sync"
+    mapping = config.field_mappings.get(sobject, {}).get("email")  # type: ignore[call-overload]
+    return mapping.preference if mapping is not None else "most_recent"
+
+
 def select_list(sobject: str, mapped: Sequence[MappedField]) -> list[str]:
     """Control fields, then mapped Salesforce fields, each once (field names are case-insensitive)."""
     names: dict[str, str] = {}
     for name in (*CONTROL_FIELDS[sobject], *(m.salesforce_field for m in mapped)):
         names.setdefault(name.lower(), name)
     return list(names.values())
-
-
-def soql_datetime(value: datetime) -> str:
-    """A SOQL dateTime literal (whole seconds, UTC)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _whole_seconds(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(microsecond=0)
 
 
 def _utc_now() -> datetime:
@@ -164,6 +186,7 @@ class RecordCounts:
     unchanged: int = 0
     unlinked: int = 0
     relinked: int = 0
+    email_changed: int = 0
     conflicts: int = 0
 
     def add(self, other: RecordCounts) -> None:
@@ -178,14 +201,33 @@ class ObjectPoll:
     sobject: str
     counts: RecordCounts = field(default_factory=RecordCounts)
     mode: str = "rest"
+    """rest | bulk (a delta above bulk_threshold) | skipped (not asked for in this poll)."""
     batches: int = 0
     cursor: datetime | None = None
     complete: bool = False
 
 
+@dataclass(frozen=True)
+class PollOptions:
+    """What one poll does: which objects (in poll order), a full re-read from the beginning instead of the
+    cursor, and an Id sweep now whether or not one is due."""
+
+    objects: tuple[str, ...] = POLL_ORDER
+    full: bool = False
+    sweep: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.objects) - set(POLL_ORDER))
+        if unknown or not self.objects:
+            raise ValueError(
+                f"cannot poll {', '.join(unknown) or 'no object'}; choose among {', '.join(POLL_ORDER)}"
+            )
+        object.__setattr__(self, "objects", tuple(s for s in POLL_ORDER if s in self.objects))
+
+
 @dataclass
 class PollOutcome:
-    """Everything a poll run reports (one Dagster materialization)."""
+    """Everything a poll run reports (one Dagster materialization, one run record)."""
 
     upper_bound: datetime
     objects: dict[str, ObjectPoll]
@@ -193,20 +235,47 @@ class PollOutcome:
     stopped_early: str | None = None
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     duration_seconds: float = 0.0
+    run_id: str = ""
+    full: bool = False
+    sweeps: dict[str, SweepResult] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return self.stopped_early is None and all(o.complete for o in self.objects.values())
+
+    def run_counts(self) -> dict[str, Any]:
+        """The counts of the run record (sync_runs.counts) and the CLI: people summed over Leads and Contacts,
+        companies apart, the sweep, API calls, and whether the poll read everything up to its upper bound."""
+        people = RecordCounts()
+        for sobject in ("Lead", "Contact"):
+            people.add(self.objects[sobject].counts)
+        companies = self.objects["Account"].counts
+        counts: dict[str, Any] = {"read": sum(o.counts.read for o in self.objects.values())}
+        for name in ("created", "linked", "updated", "unchanged", "unlinked", "relinked", "email_changed"):
+            counts[name] = getattr(people, name)
+        counts["conflicts"] = people.conflicts
+        counts["skipped_no_email"] = people.skipped_no_email
+        for name in ("created", "updated", "unlinked"):
+            counts[f"companies_{name}"] = getattr(companies, name)
+        counts["swept"] = sum(s.checked for s in self.sweeps.values())
+        counts["sweep_unlinked"] = sum(s.unlinked for s in self.sweeps.values())
+        counts["sweep_refused"] = sum(1 for s in self.sweeps.values() if s.refused)
+        counts["api_calls"] = self.budget.calls_made
+        counts["complete"] = self.complete
+        counts["stopped_early"] = self.stopped_early or ""
+        return counts
 
 
 class SalesforcePoller:
     """Reads what changed in Salesforce since each object's cursor and merges it into the store.
 
     Per object: `SystemModstamp >= cursor - overlap AND SystemModstamp <= upper bound ORDER BY SystemModstamp,
-    Id` through queryAll (deleted and merged records included), 2000 records a page, a Bulk API 2.0 query
-    job for a first load above `bulk_threshold`. Each page is staged, matched and merged in one
-    transaction that also moves the cursor, so a stopped or failed poll resumes from its last commit;
-    re-reading a record changes nothing.
+    Id` through queryAll (deleted and merged records included), 2000 records a page; when the first page says
+    more than `bulk_threshold` records match (a first load, a full re-read or any large delta), a Bulk API 2.0
+    query job reads them instead. Each page is staged, matched and merged in one transaction that also moves
+    the cursor, so a stopped or failed poll resumes from its last commit; re-reading a record changes nothing.
+    Every `id_sweep_every` the poll also sweeps each object's Ids (see id_sweep). Each run is recorded in
+    sync_runs as `salesforce:poll`.
     """
 
     def __init__(
@@ -220,42 +289,56 @@ class SalesforcePoller:
         now: Callable[[], datetime] = _utc_now,
         logger: logging.Logger | None = None,
         bulk_max_records: int = 50_000,
+        options: PollOptions | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.identity = identity
         self.client = client
-        self.run_id = run_id
+        self.run_id = run_id or f"poll-{uuid.uuid4()}"
         self.now = now
         self.log = logger or logging.getLogger(__name__)
         self.bulk_max_records = bulk_max_records
+        self.options = options or PollOptions()
         self.outcome = PollOutcome(
-            upper_bound=_whole_seconds(now()),
+            upper_bound=whole_seconds(now()),
             objects={s: ObjectPoll(s) for s in POLL_ORDER},
             budget=client.budget,
+            run_id=self.run_id,
+            full=self.options.full,
         )
 
     def run(self) -> PollOutcome:
-        """Poll Account, Lead and Contact; stops cleanly (stopped_early) when the API budget runs out."""
+        """Poll the chosen objects (and sweep their Ids when due); stops cleanly (stopped_early) when the API
+        budget runs out. The run is recorded in sync_runs: success (also when stopped early) or failed."""
         started = time.perf_counter()
         outcome = self.outcome
-        outcome.upper_bound = _whole_seconds(self.now() - self.config.poll_upper_bound_lag)
+        outcome.upper_bound = poll_upper_bound(self.now(), self.config.poll_upper_bound_lag)
         mappings = {sobject: mapped_fields(self.config, sobject) for sobject in POLL_ORDER}
+        for sobject in POLL_ORDER:
+            if sobject not in self.options.objects:
+                outcome.objects[sobject].mode, outcome.objects[sobject].complete = "skipped", True
         try:
-            with self._exclusive():
-                for sobject in POLL_ORDER:
+            with self._exclusive(), self._recorded():
+                for sobject in self.options.objects:
+                    self._phase(sobject)
                     try:
                         self._poll_object(outcome.objects[sobject], mappings[sobject])
                     except ApiBudgetExhausted as exc:
-                        outcome.stopped_early = exc.reason
-                        self.log.warning(
-                            f"Salesforce poll stopped early while reading {sobject}: {exc.reason}. Everything "
-                            "read so far is committed; the next poll continues from each object's cursor."
-                        )
+                        self._stopped(exc, f"while reading {sobject}")
                         break
+                else:
+                    self._sweep()
         finally:
             outcome.duration_seconds = time.perf_counter() - started
         return outcome
+
+    def _stopped(self, exc: ApiBudgetExhausted, where: str) -> None:
+        self.outcome.stopped_early = exc.reason
+        self.log.warning(
+            f"Salesforce poll stopped early {where}: {exc.reason}. Everything read so far is committed; the "
+            "next poll continues from each object's cursor."
+        )
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -270,6 +353,35 @@ class SalesforcePoller:
             finally:
                 conn.exec_driver_sql(UNLOCK_SQL, (POLL_LOCK_KEY,))
 
+    @contextmanager
+    def _recorded(self) -> Iterator[None]:
+        """The run's record in sync_runs (running, with a heartbeat), finished with its counts or its error."""
+        with self.store.begin() as conn:
+            conn.exec_driver_sql(
+                START_POLL_RUN_SQL,
+                {
+                    "run": self.run_id,
+                    "sync": POLL_RUN_NAME,
+                    "full": self.options.full,
+                    "host": this_host(),
+                    "pid": os.getpid(),
+                },
+            )
+        try:
+            with RunHeartbeat(self.store.engine(), self.run_id):
+                yield
+        except BaseException as exc:
+            with self.store.begin() as conn:
+                error = self.client.redact(f"{type(exc).__name__}: {exc}")
+                finish_run(conn, self.run_id, "failed", self.outcome.run_counts(), error=error)
+            raise
+        with self.store.begin() as conn:
+            finish_run(conn, self.run_id, "success", self.outcome.run_counts())
+
+    def _phase(self, phase: str) -> None:
+        with self.store.begin() as conn:
+            conn.exec_driver_sql(SET_POLL_PHASE_SQL, {"run": self.run_id, "phase": phase})
+
     # -- reading ----------------------------------------------------------------------------
 
     def _poll_object(self, poll: ObjectPoll, mapped: list[MappedField]) -> None:
@@ -279,31 +391,33 @@ class SalesforcePoller:
             watermark = read_cursor(conn, sobject)
         poll.cursor = watermark
         conditions = [f"SystemModstamp <= {soql_datetime(upper)}"]
-        if watermark is not None:
-            lower = _whole_seconds(watermark - self.config.poll_overlap)
+        lower = None if self.options.full else poll_lower_bound(watermark, self.config.poll_overlap)
+        if lower is not None:
             conditions.insert(0, f"SystemModstamp >= {soql_datetime(lower)}")
         select = ", ".join(select_list(sobject, mapped))
         where = " AND ".join(conditions)
         page = self.client.query(
             f"SELECT {select} FROM {sobject} WHERE {where} ORDER BY SystemModstamp, Id", include_deleted=True
         )
-        if watermark is None and page.total_size > self.config.bulk_threshold:
+        if page.total_size > self.config.bulk_threshold:
+            what = "first load" if watermark is None else "full re-read" if lower is None else "delta"
             self.log.info(
-                f"{sobject}: first load of {page.total_size} records (above bulk_threshold "
+                f"{sobject}: {what} of {page.total_size} records (above bulk_threshold "
                 f"{self.config.bulk_threshold}); reading them with a Bulk API 2.0 query job"
             )
             self._bulk_load(poll, mapped, f"SELECT {select} FROM {sobject} WHERE {where}")
             return
         while True:
             next_url = page.next_records_url
-            cursor = upper if next_url is None else _parse_datetime(page.records[-1]["SystemModstamp"])
+            last_stamp = None if next_url is None else page.records[-1]["SystemModstamp"]
+            cursor = upper if last_stamp is None else parse_salesforce_datetime(last_stamp)
             self._merge_batch(poll, mapped, page.records, cursor, complete=next_url is None)
             if next_url is None:
                 return
             page = self.client.query_more(next_url)
 
     def _bulk_load(self, poll: ObjectPoll, mapped: list[MappedField], soql: str) -> None:
-        """A Bulk API 2.0 first load: result chunks are unordered, so the cursor moves with the last one."""
+        """A Bulk API 2.0 read: result chunks are unordered, so the cursor moves with the last one."""
         poll.mode = "bulk"
         types = self.client.field_types(poll.sobject)
         chunks = self.client.bulk_query(
@@ -315,6 +429,26 @@ class SalesforcePoller:
                 self._merge_batch(poll, mapped, pending, None, complete=False)
             pending = chunk
         self._merge_batch(poll, mapped, pending or [], self.outcome.upper_bound, complete=True)
+
+    # -- the Id sweep -----------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Sweep the chosen objects whose sweep is due (or all of them when asked), after reading them."""
+        upper = self.outcome.upper_bound
+        every = self.config.id_sweep_every
+        for sobject in self.options.objects:
+            with self.store.begin() as conn:
+                due = sweep_due(conn, sobject, upper, every, forced=self.options.sweep)
+            if not due:
+                continue
+            self._phase("sweep")
+            try:
+                self.outcome.sweeps[sobject] = sweep_object(
+                    self.store, self.client, sobject, upper, max_records=self.bulk_max_records, log=self.log
+                )
+            except ApiBudgetExhausted as exc:
+                self._stopped(exc, f"while sweeping {sobject} Ids")
+                return
 
     # -- one batch, one transaction ---------------------------------------------------------
 
@@ -338,9 +472,13 @@ class SalesforcePoller:
                 if poll.sobject == "Account":
                     merge_accounts(conn, mapped, batch)
                 else:
-                    merge_people(conn, poll.sobject, mapped, self.identity, batch, conflicts)
+                    preference = email_preference(self.config, poll.sobject)
+                    merge_people(conn, poll.sobject, mapped, self.identity, batch, conflicts, preference)
             if cursor is not None:
                 save_cursor(conn, poll.sobject, cursor, self.run_id, mode=poll.mode, complete=complete)
+            conn.exec_driver_sql(
+                POLL_RUN_COUNTS_SQL, {"run": self.run_id, "counts": json.dumps(self.outcome.run_counts())}
+            )
         poll.counts.add(batch)
         poll.batches += 1
         poll.complete = complete
@@ -350,8 +488,18 @@ class SalesforcePoller:
         self.outcome.conflicts.extend(conflicts[: max(0, room)])
 
 
-def _parse_datetime(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
+START_POLL_RUN_SQL = """
+    INSERT INTO sync_runs (run_id, sync_name, status, phase, full_sync, started_at, heartbeat_at, host, pid)
+    VALUES (%(run)s, %(sync)s, 'running', 'starting', %(full)s, now(), now(), %(host)s, %(pid)s)
+    ON CONFLICT (run_id) DO UPDATE SET status = 'running', phase = 'starting', error = NULL, finished_at = NULL,
+        counts = '{}'::jsonb, full_sync = EXCLUDED.full_sync, heartbeat_at = now(), host = EXCLUDED.host,
+        pid = EXCLUDED.pid"""
+
+SET_POLL_PHASE_SQL = "UPDATE sync_runs SET phase = %(phase)s WHERE run_id = %(run)s"
+
+POLL_RUN_COUNTS_SQL = "UPDATE sync_runs SET counts = %(counts)s::jsonb WHERE run_id = %(run)s"
+"""The counts so far, in the batch's transaction (the batch's own counts are added after it commits, so the
+record lags one batch until the run finishes)."""
 
 
 # -- cursors ----------------------------------------------------------------------------------
@@ -583,7 +731,7 @@ RELINK_CONFLICTS_SQL = f"""
 
 def people_fields_update_sql(sync: FieldSyncSql, *, with_company: bool) -> str:
     """The UPDATE of matched contacts' mapped fields (and, for Contacts, their company); it returns how many
-    contacts matched by Salesforce id it changed."""
+    contacts matched by Salesforce id it changed, leaving out those whose email changed (counted there)."""
     company_join = "LEFT JOIN companies co ON co.salesforce_account_id = r.account_id" if with_company else ""
     return f"""
     WITH d AS (
@@ -593,9 +741,10 @@ def people_fields_update_sql(sync: FieldSyncSql, *, with_company: bool) -> str:
     ), changed AS (
         UPDATE contacts t SET {", ".join([*sync.sets, "updated_at = now()"])}
         FROM d WHERE t.id = d.contact_id AND ({" OR ".join(sync.flags)})
-        RETURNING d.outcome
+        RETURNING d.contact_id, d.outcome
     )
-    SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'"""
+    SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'
+      AND NOT EXISTS (SELECT 1 FROM _sf_email_changes e WHERE e.contact_id = changed.contact_id AND e.applied)"""
 
 
 def merge_people(
@@ -605,9 +754,11 @@ def merge_people(
     identity: IdentityMatcher,
     counts: RecordCounts,
     conflicts: list[dict[str, Any]],
+    email_preference: str = "most_recent",
 ) -> None:
     """Merged/converted records re-link, deleted ones unlink, live ones with email are matched by the
-    identity rules and their mapped fields synced; all set-based over _sf_records."""
+    identity rules, a changed email reaches the linked contact, and mapped fields are synced; all set-based
+    over _sf_records."""
     relink_people(conn, sobject, counts, conflicts)
     counts.unlinked += conn.exec_driver_sql(UNLINK_DELETED_PEOPLE_SQL).rowcount
     counts.skipped_no_email += conn.exec_driver_sql(COUNT_PEOPLE_WITHOUT_EMAIL_SQL).scalar_one()
@@ -623,9 +774,81 @@ def merge_people(
     )
     counts.created += matched.created
     counts.linked += matched.linked_by_email
+    email_changed = sync_people_emails(conn, email_preference, counts, conflicts)
     updated = sync_people_fields(conn, sobject, mapped)
-    counts.updated += updated
-    counts.unchanged += matched.matched_by_salesforce_id - updated
+    counts.email_changed += email_changed
+    counts.updated += updated + email_changed
+    counts.unchanged += matched.matched_by_salesforce_id - updated - email_changed
+
+
+def _email_applies_sql(preference: str) -> str:
+    """When a changed Salesforce email replaces the linked contact's (`cur`) email, by its preference."""
+    newer = incoming_wins_sql("email", "r.last_modified", stamps="cur.field_updated_at")
+    if preference == "salesforce_wins":
+        return "true"
+    if preference == "conversion_wins":
+        return f"cur.email IS NULL AND {newer}"
+    if preference == "do_not_sync":
+        return "false"
+    return newer
+
+
+def plan_email_changes_sql(preference: str) -> str:
+    """_sf_email_changes: contacts matched by Salesforce id whose record now has another email that the
+    preference lets through, each with an unlinked store contact that already holds the new email (if any):
+    such a change is held (two contacts may share an email only when each has its own Salesforce record)."""
+    return f"""
+    CREATE TEMP TABLE _sf_email_changes ON COMMIT DROP AS
+    SELECT i.contact_id, i.sf_id, i.email AS new_email, {email_key_sql("i.email")} AS new_key,
+           r.last_modified, holder.id AS holder_id, holder.id IS NULL AS applied
+    FROM _sf_identities i JOIN _sf_records r ON r.sf_id = i.sf_id JOIN contacts cur ON cur.id = i.contact_id
+    LEFT JOIN LATERAL (
+        SELECT o.id FROM contacts o
+        WHERE o.email_normalized = {email_key_sql("i.email")} AND o.id <> cur.id AND o.salesforce_id IS NULL
+        ORDER BY o.updated_at DESC, o.id DESC LIMIT 1
+    ) holder ON true
+    WHERE i.outcome = 'matched_by_salesforce_id' AND {trimmed_email_sql("cur.email")} IS DISTINCT FROM i.email
+      AND coalesce({_email_applies_sql(preference)}, false)"""
+
+
+APPLY_EMAIL_CHANGES_SQL = """
+    UPDATE contacts c SET email = e.new_email, email_normalized = e.new_key,
+        field_updated_at = c.field_updated_at || jsonb_build_object('email', to_jsonb(e.last_modified)),
+        updated_at = now()
+    FROM _sf_email_changes e WHERE c.id = e.contact_id AND e.applied"""
+"""The email and its key change together; the email's stamp becomes the record's LastModifiedDate."""
+
+COUNT_HELD_EMAIL_CHANGES_SQL = "SELECT count(*) FROM _sf_email_changes WHERE NOT applied"
+
+HELD_EMAIL_CHANGES_SQL = f"""
+    SELECT sf_id, contact_id, holder_id FROM _sf_email_changes WHERE NOT applied
+    ORDER BY contact_id LIMIT {CONFLICT_PREVIEW_LIMIT:d}"""
+
+
+def sync_people_emails(
+    conn: sa.Connection, preference: str, counts: RecordCounts, conflicts: list[dict[str, Any]]
+) -> int:
+    """Emails changed in Salesforce reach their linked contacts (by the email's preference, default newer
+    wins); a change to an email an unlinked store contact holds is held: both contacts keep everything, the
+    link stays, and the conflict is counted and reported. Returns how many emails changed."""
+    run = conn.exec_driver_sql
+    run(plan_email_changes_sql(preference))
+    changed = run(APPLY_EMAIL_CHANGES_SQL).rowcount
+    held = int(run(COUNT_HELD_EMAIL_CHANGES_SQL).scalar_one())
+    if held:
+        counts.conflicts += held
+        conflicts.extend(
+            {
+                "kind": "email_in_use",
+                "salesforce_id": sf_id,
+                "kept_contact_id": contact_id,
+                "other_contact_id": holder_id,
+                "reason": f"the record's new email belongs to store contact {holder_id}, which has no Salesforce "
+                f"record; contact {contact_id} keeps its email and its link (merge them, or change one email)",
+            }
+            for sf_id, contact_id, holder_id in run(HELD_EMAIL_CHANGES_SQL).all()
+        )
+    return changed
 
 
 def sync_people_fields(conn: sa.Connection, sobject: str, mapped: Sequence[MappedField]) -> int:

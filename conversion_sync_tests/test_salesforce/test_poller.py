@@ -494,9 +494,16 @@ def test_bulk_first_load_above_threshold(harness: Harness) -> None:
     assert first.objects["Contact"].counts.created == 299
     assert harness.contact(ids[1])["custom_fields"] == {"opted_out": True}
     harness.settle()
-    second = harness.poll(bulk_threshold=100)  # incremental from the cursor: REST, and nothing changes
-    assert second.objects["Contact"].mode == "rest"
-    assert second.objects["Contact"].counts.unchanged == 299
+    second = harness.poll(bulk_threshold=100)  # the overlap re-reads 300 records, above the threshold: Bulk
+    assert second.objects["Contact"].mode == "bulk"
+    assert second.objects["Contact"].counts.unchanged == 299  # and nothing changes
+    org.advance_clock(11 * 60)
+    harness.poll(bulk_threshold=100)  # the cursor moves past the seeded records' overlap
+    org.update("Contact", ids[1], {"FirstName": "Small"})
+    harness.settle()
+    third = harness.poll(bulk_threshold=100)  # a small delta from the cursor: REST
+    assert third.objects["Contact"].mode == "rest"
+    assert (third.objects["Contact"].counts.read, third.objects["Contact"].counts.updated) == (1, 1)
 
 
 # -- Dagster -----------------------------------------------------------------------------------
