@@ -149,8 +149,9 @@ def test_rule_on_insert_only_and_inactive_rules(
 
 
 def test_validation_rules_in_collections(
-    sf_client: Salesforce, standin: StandinServer, standin_http: requests.Session
+    sf_client: Salesforce, standin: StandinServer, standin_org: Org, standin_http: requests.Session
 ) -> None:
+    standin_org.set_clock("2024-05-01T12:00:00Z", freeze=True)
     control(standin_http, standin, "validation_rules", {"rules": [PHONE_RULE]})
     records = [{"attributes": {"type": "Lead"}, **lead(i)} for i in range(3)]
     records[1]["Phone"] = "bad phone"
@@ -179,11 +180,15 @@ def test_validation_rules_in_collections(
         {"attributes": {"type": "Lead"}, "Id": created[0], "Phone": "12345678"},
         {"attributes": {"type": "Lead"}, "Id": created[1], "Phone": "twelve"},
     ]
+    standin_org.advance_clock(60)
     results = collection(sf_client, "PATCH", updates, all_or_none=False)
     assert results[0] == {"id": created[0], "success": True, "errors": []}
     assert results[1]["id"] == created[1] and results[1]["success"] is False
-    phones = {r["Id"]: r["Phone"] for r in sf_client.query("SELECT Id, Phone FROM Lead")["records"]}
-    assert phones == {created[0]: "12345678", created[1]: None}
+    rows = sf_client.query("SELECT Id, Phone, LastModifiedDate, SystemModstamp FROM Lead")["records"]
+    assert {r["Id"]: (r["Phone"], r["LastModifiedDate"], r["SystemModstamp"]) for r in rows} == {
+        created[0]: ("12345678", "2024-05-01T12:01:00.000+0000", "2024-05-01T12:01:00.000+0000"),
+        created[1]: (None, "2024-05-01T12:00:00.000+0000", "2024-05-01T12:00:00.000+0000"),
+    }
 
 
 def test_validation_rules_in_bulk_ingest(
