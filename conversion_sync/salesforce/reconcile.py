@@ -6,6 +6,7 @@ from conversion_sync.salesforce.campaigns.member_errors import (
     ERROR_PREVIEW_LIMIT,
     ERROR_RETENTION_DAYS,
     Direction,
+    ErrorTally,
     MemberError,
 )
 from conversion_sync.salesforce.campaigns.outcomes import (
@@ -37,6 +38,7 @@ __all__ = [
     "CampaignOutcome",
     "CampaignReconciler",
     "Direction",
+    "ErrorTally",
     "MemberCounts",
     "MemberError",
     "ReconcileInProgress",

@@ -112,6 +112,13 @@ campaigns = sa.Table(
     sa.Column("linked_at", sa.DateTime(timezone=True)),
     sa.Column("last_reconciled_at", sa.DateTime(timezone=True)),
     *_timestamps(),
+    # the latest reconciliation of this campaign (migration 0011)
+    sa.Column("last_run_id", sa.Text),
+    sa.Column("last_run_at", sa.DateTime(timezone=True)),
+    sa.Column("last_run_status", sa.Text),
+    sa.Column("last_run_counts", JSONB),
+    sa.Column("last_run_error", sa.Text),
+    sa.Column("salesforce_missing_since", sa.DateTime(timezone=True)),
     sa.CheckConstraint("salesforce_link IN ('none', 'existing', 'create')", name="campaigns_salesforce_link"),
     sa.CheckConstraint(
         "salesforce_link <> 'existing' OR salesforce_campaign_id IS NOT NULL",
@@ -160,7 +167,30 @@ campaign_member_errors = sa.Table(
     ),
     sa.Index("campaign_member_errors_run", "campaign_id", "run_id"),
     sa.Index("campaign_member_errors_created", "created_at"),
+    # a standing error: seen again by later runs, not written anew (migration 0011)
+    sa.Column("error_key", sa.Text),
+    sa.Column("last_run_id", sa.Text),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True)),
+    sa.Column("times_seen", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Index("campaign_member_errors_key", "campaign_id", "error_key"),
 )
+
+campaign_member_tombstones = sa.Table(
+    "campaign_member_tombstones",
+    metadata,
+    sa.Column(
+        "campaign_id", sa.BigInteger, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "contact_id", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("email", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("salesforce_member_id", sa.Text),
+    sa.Column("removed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("salesforce_deleted_at", sa.DateTime(timezone=True)),
+)
+"""Members removed from a store campaign: not imported back from Salesforce unless re-added there later."""
 
 sync_state = sa.Table(
     "sync_state",

@@ -320,10 +320,15 @@ def test_unknown_statuses_are_skipped_on_import_and_errors_on_push_and_nothing_e
     lines = download.stdout.strip().splitlines()
     assert lines[0].startswith("created_at,direction,code,email") and len(lines) == 11
 
-    # a re-run reports the same problems again and writes nothing else
+    # a re-run finds the same problems: they are standing, not reported again; nothing else is written
     before, writes_before = h.member_snapshot(), h.org.write_count
     again = h.reconcile()
-    assert (again.campaigns[0].counts.skipped_status, again.campaigns[0].counts.errors) == (6, 4)
+    c = again.campaigns[0].counts
+    assert (c.skipped_status, c.errors, c.standing_errors) == (6, 0, 10)
+    assert again.errors_preview == []
+    assert h.rows(
+        "SELECT count(*) AS n, min(times_seen) AS lo, max(times_seen) AS hi FROM campaign_member_errors"
+    ) == [{"n": 10, "lo": 2, "hi": 2}]
     assert h.org.write_count == writes_before and h.member_snapshot() == before
 
 
@@ -546,8 +551,8 @@ def test_campaign_types_and_links_are_validated(store_url: str) -> None:
         assert link_campaign(conn, "Spring", "none").linked_at is None
 
 
-def test_cli_campaign_commands(store_url: str, standin_org: Org) -> None:
-    runner = CliRunner()
+def test_cli_campaign_commands(store_url: str, standin_org: Org, planted_env: dict[str, str]) -> None:
+    runner = CliRunner()  # Salesforce configured: a link to an existing Campaign is checked there
 
     def invoke(*args: str) -> str:
         result = runner.invoke(main, ["campaigns", *args])

@@ -3,13 +3,16 @@
 No `from __future__ import annotations` here: Dagster reads the asset's resource annotations at runtime.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 import dagster as dg
+from pydantic import Field
 
 from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.defs.automation import SALESFORCE_POOL
 from conversion_sync.defs.salesforce.assets import SALESFORCE_GROUP
 from conversion_sync.salesforce.budget import ApiBudget
+from conversion_sync.salesforce.campaigns import CampaignError, reconcile_selection
 from conversion_sync.salesforce.client import SalesforceApiError, SalesforceSettings
 from conversion_sync.salesforce.reconcile import (
     CampaignReconciler,
@@ -32,7 +35,9 @@ _CAMPAIGN_COLUMNS = (
     "unchanged",
     "skipped_status",
     "skipped_no_email",
+    "removed_in_salesforce",
     "errors",
+    "standing_errors",
 )
 _ERROR_COLUMNS = (
     "campaign",
@@ -44,6 +49,15 @@ _ERROR_COLUMNS = (
     "status",
     "message",
 )
+
+
+class ReconcileConfig(dg.Config):
+    """What to reconcile (the launchpad's run config; `conversion-sync campaigns reconcile [CAMPAIGN]`)."""
+
+    campaign: Optional[str] = Field(  # noqa: UP045  (Dagster's config schema reads Optional)
+        default=None,
+        description="One linked store campaign to reconcile, by name; empty: every linked campaign",
+    )
 
 
 def reconcile_metadata(outcome: ReconcileOutcome) -> dict[str, Any]:
@@ -133,6 +147,7 @@ def campaign_reconciliation_asset(
 ) -> dg.AssetsDefinition:
     """The reconciliation as one asset; without credentials it still loads, says why, and fails if run."""
     not_configured = salesforce.not_configured_reason
+    settings = config  # the asset's own `config` parameter is its run config
 
     @dg.asset(
         name=RECONCILE_ASSET,
@@ -140,9 +155,11 @@ def campaign_reconciliation_asset(
         description=_reconcile_description(config, not_configured),
         kinds={"salesforce", "postgres"},
         metadata={"schedule": config.reconcile_schedule},
+        pool=SALESFORCE_POOL,
     )
     def campaign_reconciliation(
         context: dg.AssetExecutionContext,
+        config: ReconcileConfig,
         contact_store: dg.ResourceParam[ContactStore],
         identity: dg.ResourceParam[IdentityMatcher],
         salesforce: dg.ResourceParam[SalesforceSettings],
@@ -150,9 +167,15 @@ def campaign_reconciliation_asset(
         reason = salesforce.not_configured_reason
         if reason:
             raise dg.Failure(description=f"Salesforce is not configured: {reason}")
-        budget = ApiBudget(reserve=config.api_reserve)
+        try:
+            with contact_store.begin() as conn:
+                names = reconcile_selection(conn, config.campaign)
+        except CampaignError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        budget = ApiBudget(reserve=settings.api_reserve)
         context.log.info(
-            f"Salesforce: {salesforce.describe()}; keeping {config.api_reserve} API calls in reserve"
+            f"Salesforce: {salesforce.describe()}; keeping {settings.api_reserve} API calls in reserve"
+            + (f"; campaign '{config.campaign}' only" if config.campaign else "")
         )
         try:
             client = salesforce.connect(budget, context.log)
@@ -161,7 +184,12 @@ def campaign_reconciliation_asset(
         reconciler: CampaignReconciler | None = None
         try:
             reconciler = CampaignReconciler(
-                contact_store, identity, client, run_id=context.run_id, logger=context.log
+                contact_store,
+                identity,
+                client,
+                run_id=context.run_id,
+                logger=context.log,
+                campaign_names=names,
             )
             outcome = reconciler.run()
         except (SalesforceApiError, ReconcileInProgress) as exc:
@@ -174,13 +202,15 @@ def campaign_reconciliation_asset(
         finally:
             client.close()
         metadata = reconcile_metadata(outcome)
-        if outcome.failed:
-            problems = "; ".join(f"'{c.name}': {c.failed}" for c in outcome.failed)
+        if outcome.new_failures:
+            problems = "; ".join(f"'{c.name}': {c.failed}" for c in outcome.new_failures)
             raise dg.Failure(
-                description=f"{len(outcome.failed)} of {len(outcome.campaigns)} campaign(s) could not be "
+                description=f"{len(outcome.new_failures)} of {len(outcome.campaigns)} campaign(s) could not be "
                 f"reconciled ({problems}); the others were.",
                 metadata=metadata,
             )
+        # a campaign failing as its previous run reported (logged as a warning by the reconciler) is not a new
+        # failure: the run succeeds, so the failure alert is not sent again on every run
         totals = outcome.totals
         context.log.info(
             f"Campaign reconciliation: {len(outcome.campaigns)} campaign(s), imported {totals.imported}, "

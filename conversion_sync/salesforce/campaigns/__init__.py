@@ -1,7 +1,8 @@
 """Store campaigns and their two-way reconciliation with linked Salesforce campaigns.
 
 - `store_campaigns`: the store side: campaign types, campaigns, their Salesforce link, members (what the CLI
-  uses; its names are re-exported here).
+  uses; its names are re-exported here); `members`: members added from a CSV file, removed (tombstones),
+  listed with their Salesforce side; `salesforce_links`: links checked against Salesforce.
 - `reconciler`: `CampaignReconciler`, the run: the lock, then one campaign at a time, built from
   - `salesforce_campaign`: the linked Salesforce campaign, its member statuses and members;
   - `import_members`: Salesforce → store, one set-based transaction per campaign;
@@ -15,6 +16,7 @@ from conversion_sync.salesforce.campaigns.store_campaigns import (
     LINK_MODES,
     Campaign,
     CampaignError,
+    CampaignRun,
     CampaignType,
     LinkMode,
     MemberChange,
@@ -29,6 +31,8 @@ from conversion_sync.salesforce.campaigns.store_campaigns import (
     list_campaign_types,
     list_campaigns,
     mark_reconciled,
+    reconcile_selection,
+    record_campaign_run,
     salesforce_campaign_id,
     set_salesforce_campaign,
 )
@@ -37,6 +41,7 @@ __all__ = [
     "LINK_MODES",
     "Campaign",
     "CampaignError",
+    "CampaignRun",
     "CampaignType",
     "LinkMode",
     "MemberChange",
@@ -51,6 +56,8 @@ __all__ = [
     "list_campaign_types",
     "list_campaigns",
     "mark_reconciled",
+    "reconcile_selection",
+    "record_campaign_run",
     "salesforce_campaign_id",
     "set_salesforce_campaign",
 ]

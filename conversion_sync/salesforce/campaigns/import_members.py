@@ -5,11 +5,12 @@ Every statement is set-based over the staged members (_cm_sf) and their pairing 
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from conversion_sync.salesforce.campaigns.member_errors import ErrorTally, record_errors_sql
 from conversion_sync.salesforce.campaigns.outcomes import MemberCounts
 from conversion_sync.salesforce.campaigns.store_campaigns import Campaign
 from conversion_sync.store.connection import prepare_bulk_transaction
@@ -102,6 +103,9 @@ PAIR_MEMBERS_SQL = """
     SELECT s.member_id, s.contact_id, s.type_status, m.status AS store_status,
            m.contact_id IS NOT NULL AS in_store, d.both_changed,
            CASE
+               WHEN m.contact_id IS NULL AND t.contact_id IS NOT NULL
+                    AND coalesce(s.last_modified <= t.removed_at, true)
+                   THEN 'delete_salesforce'
                WHEN m.contact_id IS NULL
                    THEN CASE WHEN s.type_status IS NULL THEN 'skip_status' ELSE 'import' END
                WHEN lower(m.status) = lower(s.status) THEN 'same'
@@ -112,6 +116,7 @@ PAIR_MEMBERS_SQL = """
            END AS action
     FROM _cm_sf s
     LEFT JOIN campaign_members m ON m.campaign_id = %(campaign)s AND m.contact_id = s.contact_id
+    LEFT JOIN campaign_member_tombstones t ON t.campaign_id = %(campaign)s AND t.contact_id = s.contact_id
     CROSS JOIN LATERAL (
         SELECT lower(s.status) IS DISTINCT FROM lower(m.synced_status) AS sf_changed,
                lower(m.status) IS DISTINCT FROM lower(m.synced_status) AS store_changed,
@@ -119,7 +124,8 @@ PAIR_MEMBERS_SQL = """
                AND lower(m.status) IS DISTINCT FROM lower(m.synced_status) AS both_changed
     ) d
     WHERE s.contact_id IS NOT NULL AND s.rank = 1"""
-"""Each paired Salesforce member and what to do: import, same, update_store, update_salesforce, skip_status."""
+"""Each paired Salesforce member and what to do: import, same, update_store, update_salesforce, skip_status,
+delete_salesforce (removed in the store after Salesforce last modified it: the tombstone wins)."""
 
 TALLY_ACTIONS_SQL = "SELECT action, count(*) FROM _cm_pairs GROUP BY action"
 
@@ -153,11 +159,8 @@ INSERT_IMPORTED_MEMBERS_SQL = """
     FROM _cm_pairs WHERE action = 'import'
     ON CONFLICT DO NOTHING"""
 
-REPORT_NOT_IMPORTED_SQL = """
-    INSERT INTO campaign_member_errors (run_id, campaign_id, contact_id, email,
-        salesforce_member_id, salesforce_person_id, direction, code, status, message)
-    SELECT %(run)s, %(campaign)s, s.contact_id, s.email, s.member_id, s.person_id,
-           'salesforce_to_store', c.code, s.status,
+NOT_IMPORTED_SQL = """
+    SELECT s.contact_id, s.email, s.member_id, s.person_id, 'salesforce_to_store', c.code, s.status,
            CASE c.code
                WHEN 'status_not_in_campaign_type' THEN concat(
                    'Salesforce status ''', s.status, ''' is not a status of campaign type ',
@@ -173,9 +176,23 @@ REPORT_NOT_IMPORTED_SQL = """
         WHEN s.type_status IS NULL THEN 'status_not_in_campaign_type'
         WHEN s.contact_id IS NULL THEN 'no_email'
         ELSE 'duplicate_person' END AS code) c
-    WHERE p.action = 'skip_status' OR p.member_id IS NULL
-    RETURNING code"""
+    WHERE p.action = 'skip_status' OR p.member_id IS NULL"""
 """Salesforce members not imported (status unknown to the type, no email, a second member for one contact)."""
+
+REPORT_NOT_IMPORTED_SQL = record_errors_sql(NOT_IMPORTED_SQL)
+"""Keeps an error per Salesforce member not imported (once: a standing one is only seen again)."""
+
+CLEAR_OVERRIDDEN_TOMBSTONES_SQL = """
+    DELETE FROM campaign_member_tombstones t USING _cm_pairs p
+    WHERE t.campaign_id = %(campaign)s AND t.contact_id = p.contact_id AND p.action = 'import'"""
+"""A member removed in the store but modified in Salesforce since (re-added there): Salesforce is newer and
+wins; the member is imported and its tombstone goes."""
+
+TOMBSTONED_MEMBERS_SQL = """
+    SELECT p.member_id, p.contact_id, s.email, s.person_id, s.status FROM _cm_pairs p
+    JOIN _cm_sf s ON s.member_id = p.member_id
+    WHERE p.action = 'delete_salesforce' ORDER BY p.member_id"""
+"""Salesforce members of removed store members, not modified in Salesforce since the removal: to delete."""
 
 STORE_WINS_SQL = """
     SELECT p.member_id, p.contact_id, p.store_status AS status, s.person_id, s.email
@@ -206,6 +223,16 @@ def staged_member(record: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+@dataclass
+class ImportResult:
+    """What the push writes to Salesforce after an import."""
+
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    """Paired members whose store status wins."""
+    deletes: list[dict[str, Any]] = field(default_factory=list)
+    """Salesforce members of members removed in the store (tombstones that win)."""
+
+
 class MemberImport:
     """Imports a campaign's Salesforce members into the store campaign, one transaction per campaign."""
 
@@ -214,11 +241,8 @@ class MemberImport:
         self.identity = identity
         self.run_id = run_id
 
-    def run(
-        self, campaign: Campaign, records: list[dict[str, Any]], counts: MemberCounts
-    ) -> list[dict[str, Any]]:
-        """Stage, match, pair, import; returns the members whose store status wins and must be written to
-        Salesforce."""
+    def run(self, campaign: Campaign, records: list[dict[str, Any]], counts: MemberCounts) -> ImportResult:
+        """Stage, match, pair, import; returns what the push must write to Salesforce."""
         params: dict[str, Any] = {
             "campaign": campaign.id,
             "statuses": campaign.type.statuses,
@@ -236,7 +260,10 @@ class MemberImport:
             take_salesforce_side(conn, params, counts)
             report_not_imported(conn, params, counts)
             counts.unchanged += same
-            return [dict(r) for r in conn.exec_driver_sql(STORE_WINS_SQL).mappings()]
+            return ImportResult(
+                updates=[dict(r) for r in conn.exec_driver_sql(STORE_WINS_SQL).mappings()],
+                deletes=[dict(r) for r in conn.exec_driver_sql(TOMBSTONED_MEMBERS_SQL).mappings()],
+            )
 
     def _match_people(
         self, conn: sa.Connection, condition: str, *, create: bool, counts: MemberCounts
@@ -287,6 +314,7 @@ def take_salesforce_side(conn: sa.Connection, params: dict[str, Any], counts: Me
     """Remember member ids, mark equal pairs synced, take Salesforce's newer statuses, import new members."""
     run = conn.exec_driver_sql
     run(REMEMBER_MEMBER_IDS_SQL, params)
+    run(CLEAR_OVERRIDDEN_TOMBSTONES_SQL, params)
     run(MARK_SAME_SYNCED_SQL, params)
     counts.updated_in_store += run(UPDATE_STORE_STATUSES_SQL, params).rowcount
     counts.imported += run(INSERT_IMPORTED_MEMBERS_SQL, params).rowcount
@@ -294,7 +322,9 @@ def take_salesforce_side(conn: sa.Connection, params: dict[str, Any], counts: Me
 
 def report_not_imported(conn: sa.Connection, params: dict[str, Any], counts: MemberCounts) -> None:
     """Keep an error per Salesforce member not imported, and count them by reason."""
-    skipped = Counter(conn.exec_driver_sql(REPORT_NOT_IMPORTED_SQL, params).scalars())
-    counts.skipped_status += skipped["status_not_in_campaign_type"]
-    counts.skipped_no_email += skipped["no_email"]
-    counts.errors += skipped["duplicate_person"]
+    rows = conn.exec_driver_sql(REPORT_NOT_IMPORTED_SQL, params).all()
+    counts.skipped_status += sum(1 for code, _ in rows if code == "status_not_in_campaign_type")
+    counts.skipped_no_email += sum(1 for code, _ in rows if code == "no_email")
+    tally = ErrorTally.of(rows)
+    counts.errors += tally.new_by_code["duplicate_person"]
+    counts.standing_errors += tally.standing

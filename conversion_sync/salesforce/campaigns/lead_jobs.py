@@ -137,9 +137,9 @@ class LeadJobs:
             with self.store.begin() as conn:
                 if created:
                     linked.update(self._link_created(conn, campaign, created))
-                self.errors.insert(conn, campaign.id, errors)
+                tally = self.errors.insert(conn, campaign.id, errors)
             counts.leads_created += len(created)
-            counts.errors += len(errors)
+            tally.count(counts)
         with self.store.begin() as conn:
             self._forget_jobs(conn, campaign)  # every job's Leads are linked now
         return linked

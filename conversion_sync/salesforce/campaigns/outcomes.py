@@ -41,7 +41,14 @@ class MemberCounts:
     """Salesforce members whose status is not in the store campaign type: not imported, reported."""
     skipped_no_email: int = 0
     errors: int = 0
-    """Store members not pushed (status missing in Salesforce, Salesforce refused the Lead or member, …)."""
+    """New errors: store members not pushed (status missing in Salesforce, Salesforce refused the Lead or
+    member, …), a Salesforce person in the campaign twice, the campaign itself failing. An error the
+    previous run reported already is standing instead."""
+    standing_errors: int = 0
+    """Problems (errors and skipped members) the previous run reported already, found again: not reported
+    again (their rows say when they were last seen)."""
+    removed_in_salesforce: int = 0
+    """Salesforce members of store members removed with `campaigns remove-member`: deleted in Salesforce."""
 
     def add(self, other: MemberCounts) -> None:
         for f in fields(self):
@@ -64,6 +71,8 @@ class CampaignOutcome:
     bulk_jobs: int = 0
     api_calls: int = 0
     failed: str | None = None
+    standing_failure: bool = False
+    """`failed` is the same failure the campaign's previous run reported: not reported again."""
     duration_seconds: float = 0.0
 
 
@@ -88,6 +97,11 @@ class ReconcileOutcome:
     @property
     def failed(self) -> list[CampaignOutcome]:
         return [c for c in self.campaigns if c.failed]
+
+    @property
+    def new_failures(self) -> list[CampaignOutcome]:
+        """Failed campaigns whose failure was not already reported by their previous run."""
+        return [c for c in self.campaigns if c.failed and not c.standing_failure]
 
     @property
     def complete(self) -> bool:

@@ -1,5 +1,5 @@
-"""Store → Salesforce: Leads for contacts without a Salesforce record, then new campaign members, then changed
-statuses; each batch's outcome is committed before the next."""
+"""Store → Salesforce: deleted members of removed store members, Leads for contacts without a Salesforce record,
+then new campaign members, then changed statuses; each batch's outcome is committed before the next."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conversion_sync.salesforce.campaigns.lead_jobs import LeadJobs
 from conversion_sync.salesforce.campaigns.member_errors import MemberError, MemberErrorLog, push_error
 from conversion_sync.salesforce.campaigns.outcomes import MemberCounts
 from conversion_sync.salesforce.campaigns.salesforce_campaign import StatusLabels
-from conversion_sync.salesforce.campaigns.salesforce_writes import SalesforceWriter
+from conversion_sync.salesforce.campaigns.salesforce_writes import COLLECTION_SIZE, SalesforceWriter
 from conversion_sync.salesforce.campaigns.store_campaigns import Campaign
 from conversion_sync.store.contact_store import ContactStore
 
@@ -31,6 +31,15 @@ SAVE_CREATED_MEMBERS_SQL = """
     FROM unnest(%(contacts)s::bigint[], %(members)s::text[], %(statuses)s::text[])
         AS v(contact_id, member_id, status)
     WHERE m.campaign_id = %(campaign)s AND m.contact_id = v.contact_id"""
+
+SAVE_DELETED_MEMBERS_SQL = """
+    UPDATE campaign_member_tombstones t SET salesforce_member_id = v.member_id, salesforce_deleted_at = now()
+    FROM unnest(%(contacts)s::bigint[], %(members)s::text[]) AS v(contact_id, member_id)
+    WHERE t.campaign_id = %(campaign)s AND t.contact_id = v.contact_id"""
+"""The tombstone of a removed member remembers that its Salesforce member is deleted."""
+
+GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
+"""A delete refused because the record is gone already: as good as deleted."""
 
 SAVE_UPDATED_STATUSES_SQL = """
     UPDATE campaign_members m SET synced_status = v.status, salesforce_synced_at = now()
@@ -97,9 +106,13 @@ class MemberPush:
         labels: StatusLabels,
         updates: list[dict[str, Any]],
         counts: MemberCounts,
+        deletes: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Leads for contacts without a Salesforce record, then new members, then changed statuses (`updates`:
-        the members whose store status won the import's pairing)."""
+        """Deleted members of removed store members (`deletes`), Leads for contacts without a Salesforce
+        record, then new members, then changed statuses (`updates`: the members whose store status won the
+        import's pairing)."""
+        if deletes:
+            self._delete_members(campaign, deletes, counts)
         with self.store.begin() as conn:
             creates = [
                 dict(r)
@@ -109,8 +122,7 @@ class MemberPush:
         to_update, missing_too = with_labels(updates, labels, sf_id, "person_id")
         missing += missing_too
         if missing:
-            counts.errors += len(missing)
-            self.errors.record(campaign.id, missing)
+            self.errors.record(campaign.id, missing).count(counts)
         need_lead = [row for row, _ in to_create if not row["salesforce_id"]]
         if need_lead:
             leads = self.leads.create_leads(campaign, need_lead, counts)
@@ -143,9 +155,37 @@ class MemberPush:
                             "statuses": [row["status"] for row, _ in done],
                         },
                     )
-                self.errors.insert(conn, campaign.id, errors)
+                tally = self.errors.insert(conn, campaign.id, errors)
             counts.pushed += len(done)
-            counts.errors += len(errors)
+            tally.count(counts)
+
+    def _delete_members(
+        self, campaign: Campaign, deletes: list[dict[str, Any]], counts: MemberCounts
+    ) -> None:
+        """Delete the Salesforce members of removed store members, 200 per call; each batch committed."""
+        for start in range(0, len(deletes), COLLECTION_SIZE):
+            chunk = deletes[start : start + COLLECTION_SIZE]
+            results = self.writer.delete([str(row["member_id"]) for row in chunk])
+            outcomes = list(zip(chunk, results, strict=True))
+            done = [row for row, r in outcomes if r.ok or r.code in GONE_CODES]
+            errors = [
+                push_error(row, r, "Salesforce refused to delete the removed member")
+                for row, r in outcomes
+                if not (r.ok or r.code in GONE_CODES)
+            ]
+            with self.store.begin() as conn:
+                if done:
+                    conn.exec_driver_sql(
+                        SAVE_DELETED_MEMBERS_SQL,
+                        {
+                            "campaign": campaign.id,
+                            "contacts": [row["contact_id"] for row in done],
+                            "members": [row["member_id"] for row in done],
+                        },
+                    )
+                tally = self.errors.insert(conn, campaign.id, errors)
+            counts.removed_in_salesforce += len(done)
+            tally.count(counts)
 
     def _update_members(self, campaign: Campaign, to_update: Labelled, counts: MemberCounts) -> None:
         records = [{"Id": row["member_id"], "Status": label} for row, label in to_update]
@@ -165,6 +205,6 @@ class MemberPush:
                             "statuses": [row["status"] for row in done],
                         },
                     )
-                self.errors.insert(conn, campaign.id, errors)
+                tally = self.errors.insert(conn, campaign.id, errors)
             counts.updated_in_salesforce += len(done)
-            counts.errors += len(errors)
+            tally.count(counts)

@@ -19,7 +19,13 @@ from conversion_sync.salesforce.campaigns.outcomes import CampaignLinkError, Cam
 from conversion_sync.salesforce.campaigns.push_members import MemberPush
 from conversion_sync.salesforce.campaigns.salesforce_campaign import LinkedSalesforceCampaign
 from conversion_sync.salesforce.campaigns.salesforce_writes import BULK_PUSH_THRESHOLD, SalesforceWriter
-from conversion_sync.salesforce.campaigns.store_campaigns import Campaign, linked_campaigns, mark_reconciled
+from conversion_sync.salesforce.campaigns.store_campaigns import (
+    Campaign,
+    CampaignRun,
+    linked_campaigns,
+    mark_reconciled,
+    record_campaign_run,
+)
 from conversion_sync.salesforce.client import (
     SalesforceApiError,
     SalesforceAuthenticationError,
@@ -132,33 +138,58 @@ class CampaignReconciler:
         self.outcome.campaigns.append(outcome)
         budget = self.client.budget
         calls_before, jobs_before, started = budget.calls_made, self.writer.bulk_jobs, time.perf_counter()
+        run = CampaignRun(self.run_id, "failed")
         try:
             self._reconcile_members(campaign, outcome)
-        except (SalesforceAuthenticationError, SalesforceUnavailable, ApiBudgetExhausted):
+            run.status, run.missing = "reconciled", False
+        except ApiBudgetExhausted as exc:
+            run.status, run.error = "stopped", exc.reason
+            raise
+        except (SalesforceAuthenticationError, SalesforceUnavailable) as exc:
+            run.error = self.client.redact(str(exc))
             raise
         except (SalesforceApiError, CampaignLinkError) as exc:
-            outcome.failed = self.client.redact(str(exc))
+            outcome.failed = run.error = self.client.redact(str(exc))
             code = exc.code if isinstance(exc, CampaignLinkError) else "salesforce_error"
-            self.log.error(f"campaign '{campaign.name}' failed: {outcome.failed}")
-            self.errors.record(campaign.id, [MemberError("link", code, outcome.failed)])
-            outcome.counts.errors += 1
+            run.missing = True if code == "salesforce_campaign_not_found" else None
+            tally = self.errors.record(campaign.id, [MemberError("link", code, outcome.failed)])
+            outcome.standing_failure = tally.new == 0
+            tally.count(outcome.counts)
+            if outcome.standing_failure:
+                self.log.warning(
+                    f"campaign '{campaign.name}' still fails (reported before): {outcome.failed}"
+                )
+            else:
+                self.log.error(f"campaign '{campaign.name}' failed: {outcome.failed}")
         finally:
             outcome.api_calls = budget.calls_made - calls_before
             outcome.bulk_jobs = self.writer.bulk_jobs - jobs_before
             outcome.duration_seconds = time.perf_counter() - started
+            run.counts = outcome.counts.as_dict()
+            self._remember_run(campaign, run)
+
+    def _remember_run(self, campaign: Campaign, run: CampaignRun) -> None:
+        """The campaign's latest reconciliation, for `status`, `campaigns list` and the next run's standing
+        errors; never hides the run's own error."""
+        try:
+            with self.store.begin() as conn:
+                record_campaign_run(conn, campaign.id, run)
+        except sa.exc.SQLAlchemyError as exc:
+            self.log.warning(f"could not record campaign '{campaign.name}' run: {type(exc).__name__}")
 
     def _reconcile_members(self, campaign: Campaign, outcome: CampaignOutcome) -> None:
         sf_id, labels = self.salesforce.open(campaign, outcome)
         records = self.salesforce.members(sf_id)
         counts = outcome.counts
         counts.read_salesforce = len(records)
-        updates = self.importer.run(campaign, records, counts)
-        self.pusher.run(campaign, sf_id, labels, updates, counts)
+        result = self.importer.run(campaign, records, counts)
+        self.pusher.run(campaign, sf_id, labels, result.updates, counts, result.deletes)
         with self.store.begin() as conn:
             mark_reconciled(conn, campaign.id)
         self.log.info(
             f"campaign '{campaign.name}' ⇄ {sf_id}{' (first link)' if outcome.first_link else ''}: "
             f"read {counts.read_salesforce}, imported {counts.imported}, updated in store {counts.updated_in_store}, "
             f"pushed {counts.pushed}, updated in Salesforce {counts.updated_in_salesforce}, leads created "
-            f"{counts.leads_created}, skipped (status) {counts.skipped_status}, errors {counts.errors}"
+            f"{counts.leads_created}, removed in Salesforce {counts.removed_in_salesforce}, skipped (status) "
+            f"{counts.skipped_status}, errors {counts.errors} (standing, reported before: {counts.standing_errors})"
         )

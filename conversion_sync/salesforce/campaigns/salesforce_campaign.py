@@ -119,8 +119,7 @@ class LinkedSalesforceCampaign:
             removed = self._settle_fresh_statuses(campaign, existing)
             statuses = [s for s in statuses if str(s.get("Id")) not in removed]
         if problems:
-            outcome.counts.errors += len(problems)
-            self.errors.record(campaign.id, problems)
+            self.errors.record(campaign.id, problems).count(outcome.counts)
         return statuses
 
     def _create_statuses(

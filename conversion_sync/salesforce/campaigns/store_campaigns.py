@@ -52,6 +52,13 @@ class Campaign:
     linked_at: datetime | None
     last_reconciled_at: datetime | None
     members: int = 0
+    last_run_at: datetime | None = None
+    last_run_status: str | None = None
+    """reconciled, failed or stopped (the API budget ran out), for the campaign's latest reconciliation."""
+    last_run_counts: dict[str, int] | None = None
+    last_run_error: str | None = None
+    salesforce_missing_since: datetime | None = None
+    """When the linked Salesforce campaign was found missing (a broken link); None while it exists."""
 
     @property
     def first_link(self) -> bool:
@@ -160,7 +167,8 @@ def _json_list(values: Sequence[str]) -> str:
 _CAMPAIGN_SELECT = """
     SELECT c.id, c.name, c.salesforce_link, c.salesforce_campaign_id, c.linked_at, c.last_reconciled_at,
            t.id, t.name, t.statuses, t.default_status,
-           (SELECT count(*) FROM campaign_members m WHERE m.campaign_id = c.id) AS members
+           (SELECT count(*) FROM campaign_members m WHERE m.campaign_id = c.id) AS members,
+           c.last_run_at, c.last_run_status, c.last_run_counts, c.last_run_error, c.salesforce_missing_since
     FROM campaigns c JOIN campaign_types t ON t.id = c.campaign_type_id"""
 
 
@@ -182,6 +190,11 @@ def _campaign(row: Any) -> Campaign:
         last_reconciled_at=row[5],
         type=_campaign_type(row[6:10]),
         members=row[10],
+        last_run_at=row[11],
+        last_run_status=row[12],
+        last_run_counts=row[13],
+        last_run_error=row[14],
+        salesforce_missing_since=row[15],
     )
 
 
@@ -259,6 +272,20 @@ def linked_campaigns(conn: sa.Connection, names: Sequence[str] | None = None) ->
     return [_campaign(row) for row in rows]
 
 
+def reconcile_selection(conn: sa.Connection, name: str | None) -> list[str] | None:
+    """The campaigns a reconciliation run for `name` covers: None (every linked one) without a name, else
+    [name]; CampaignError for an unknown campaign or one not linked to Salesforce."""
+    if name is None:
+        return None
+    campaign = get_campaign(conn, name)
+    if campaign.salesforce_link == "none":
+        raise CampaignError(
+            f"campaign '{campaign.name}' is not linked to Salesforce: nothing to reconcile "
+            "(link it with: conversion-sync campaigns link)"
+        )
+    return [campaign.name]
+
+
 def link_campaign(conn: sa.Connection, name: str, link: str, salesforce_id: str | None = None) -> Campaign:
     """Change a campaign's Salesforce link. A new link target starts over as a first link: members forget
     their Salesforce member ids and last synced status, and the next run imports before it pushes."""
@@ -272,7 +299,7 @@ def link_campaign(conn: sa.Connection, name: str, link: str, salesforce_id: str 
         sa.text(
             """UPDATE campaigns SET salesforce_link = :link, salesforce_campaign_id = :sf_id,
                 linked_at = CASE WHEN :link = 'none' THEN NULL ELSE now() END, last_reconciled_at = NULL,
-                updated_at = now()
+                salesforce_missing_since = NULL, updated_at = now()
             WHERE id = :id"""
         ),
         {"link": mode, "sf_id": sf_id, "id": campaign.id},
@@ -299,6 +326,42 @@ def set_salesforce_campaign(conn: sa.Connection, campaign_id: int, sf_id: str) -
     )
 
 
+@dataclass
+class CampaignRun:
+    """A campaign's part of a reconciliation, as the campaign remembers its latest one."""
+
+    run_id: str
+    status: Literal["reconciled", "failed", "stopped"]
+    counts: dict[str, int] | None = None
+    error: str | None = None
+    missing: bool | None = None
+    """The linked Salesforce campaign was found (False) or found missing (True); None: not known."""
+
+
+RECORD_CAMPAIGN_RUN_SQL = """
+    UPDATE campaigns SET last_run_id = :run, last_run_at = now(), last_run_status = :status,
+        last_run_counts = CAST(:counts AS jsonb), last_run_error = :error,
+        salesforce_missing_since = CASE
+            WHEN CAST(:missing AS boolean) THEN coalesce(salesforce_missing_since, now())
+            WHEN NOT CAST(:missing AS boolean) THEN NULL
+            ELSE salesforce_missing_since END
+    WHERE id = :id"""
+
+
+def record_campaign_run(conn: sa.Connection, campaign_id: int, run: CampaignRun) -> None:
+    conn.execute(
+        sa.text(RECORD_CAMPAIGN_RUN_SQL),
+        {
+            "id": campaign_id,
+            "run": run.run_id,
+            "status": run.status,
+            "counts": json.dumps(run.counts or {}),
+            "error": run.error,
+            "missing": run.missing,
+        },
+    )
+
+
 def mark_reconciled(conn: sa.Connection, campaign_id: int) -> None:
     conn.execute(
         sa.text("UPDATE campaigns SET last_reconciled_at = now() WHERE id = :id"), {"id": campaign_id}
@@ -318,6 +381,7 @@ def add_member(
     """Add a contact (matched or created by email) to a campaign, or change its status.
 
     A changed status moves the member's updated_at, so the next reconciliation pushes it (store side newer).
+    A member removed earlier (a tombstone) is no longer removed.
     """
     campaign = get_campaign(conn, campaign_name)
     email = email.strip()
@@ -348,6 +412,12 @@ def add_member(
         {"campaign": campaign.id, "contact": contact_id, "status": canonical},
     ).one()
     before, written = row
+    conn.execute(  # added again in the store: no longer removed
+        sa.text(
+            "DELETE FROM campaign_member_tombstones WHERE campaign_id = :campaign AND contact_id = :contact"
+        ),
+        {"campaign": campaign.id, "contact": contact_id},
+    )
     action: Literal["added", "updated", "unchanged"] = (
         "added" if before is None else ("updated" if written else "unchanged")
     )
