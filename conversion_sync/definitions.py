@@ -14,6 +14,7 @@ import dagster as dg
 
 from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.defs import alerts, campaigns, config_problems, salesforce, warehouse_syncs
+from conversion_sync.defs.location import with_lineage_and_freshness
 from conversion_sync.defs.resources import SALESFORCE_KEY, SalesforceResource, resources
 
 
@@ -30,7 +31,7 @@ def build_definitions(
         if isinstance(salesforce_resource, SalesforceResource)
         else salesforce_resource
     )
-    return dg.Definitions.merge(
+    merged = dg.Definitions.merge(
         warehouse_syncs.build_defs(project),
         salesforce.build_defs(project.salesforce, settings),
         campaigns.build_defs(project.salesforce, settings),
@@ -38,6 +39,7 @@ def build_definitions(
         alerts.build_defs(project),
         dg.Definitions(resources=resource_defs),
     )
+    return with_lineage_and_freshness(merged, project)
 
 
 defs = build_definitions()

@@ -2,7 +2,8 @@
 defines matches a snapshot; it still loads when a sync file is broken; `dg check defs` passes.
 
 The snapshot (defs_snapshot.json beside this file) lists, per environment, every asset key with its group,
-kinds, tags and owners, the asset checks, the jobs, the schedules (cron, default status), the sensors, and
+kinds, tags, owners, upstream keys, freshness policy, automation condition, the pools of its ops and whether
+it is external (the warehouse tables the syncs read, the store's destination tables), the asset checks, the jobs, the schedules (cron, default status), the sensors, and
 the resources by key and class (with the environment variables they read). A change to any of these fails
 `test_code_location_matches_snapshot`. When the change is intended, regenerate the file and review its diff:
 
@@ -83,6 +84,10 @@ def snapshot(defs: dg.Definitions) -> dict[str, Any]:
             "owners": list(spec.owners),
             "deps": sorted(dep.asset_key.to_user_string() for dep in spec.deps),
             "checks": sorted(key.name for key in graph.get(spec.key).check_keys),
+            "external": not graph.get(spec.key).is_materializable,
+            "freshness": _freshness(spec.freshness_policy),
+            "automation_condition": _label(spec.automation_condition),
+            "pools": _pools(graph.get(spec.key).assets_def),
         }
     repo = defs.get_repository_def()
     jobs = {
@@ -117,6 +122,28 @@ def snapshot(defs: dg.Definitions) -> dict[str, Any]:
         "sensors": sensors,
         "resources": resources,
     }
+
+
+def _freshness(policy: dg.FreshnessPolicy | None) -> dict[str, float | None] | None:
+    """A time-window freshness policy as its windows in seconds."""
+    if policy is None:
+        return None
+    fail, warn = getattr(policy, "fail_window", None), getattr(policy, "warn_window", None)
+    return {
+        "fail_after_s": fail.to_timedelta().total_seconds() if fail else None,
+        "warn_after_s": warn.to_timedelta().total_seconds() if warn else None,
+    }
+
+
+def _label(condition: dg.AutomationCondition | None) -> str | None:
+    return condition.get_label() if condition else None
+
+
+def _pools(assets_def: dg.AssetsDefinition) -> list[str]:
+    """The concurrency pools of the ops that materialize an asset (none for an external asset)."""
+    if not assets_def.is_executable:
+        return []
+    return sorted({op.pool for op in assets_def.node_def.iterate_op_defs() if op.pool})
 
 
 def _job_assets(job: dg.JobDefinition) -> list[str]:

@@ -128,10 +128,11 @@ def test_instance_starts_against_postgres_from_environment(
         assert instance.get_runs() == []  # a real round trip: the storage's tables were created
         coordinator = instance.run_coordinator
         assert isinstance(coordinator, QueuedRunCoordinator)
-        assert coordinator.get_run_queue_config().max_concurrent_runs >= 1
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs >= 1
         assert instance.run_monitoring_enabled
         if path.parent.name == "deploy":
-            limits = coordinator.get_run_queue_config().tag_concurrency_limits
+            limits = queue.tag_concurrency_limits
             assert {
                 "key": "conversion_sync/sync",
                 "value": {"applyLimitPerUniqueValue": True},
@@ -159,12 +160,17 @@ def instance_config_from_helm(values: dict[str, Any]) -> dict[str, Any]:
     daemon = values["dagsterDaemon"]
     queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
     monitoring = daemon["runMonitoring"]
+    concurrency = values["concurrency"]
     return {
         "run_coordinator": {
             "module": "dagster.core.run_coordinator",
             "class": "QueuedRunCoordinator",
-            "config": {_snake(k): v for k, v in queued.items()},
+            **({"config": {_snake(k): v for k, v in queued.items()}} if queued else {}),
         },
+        "concurrency": {
+            part: {_snake(k): v for k, v in concurrency[part].items()} for part in ("runs", "pools")
+        },
+        "run_retries": {_snake(k): v for k, v in daemon["runRetries"].items()},
         "run_monitoring": {_snake(k): v for k, v in monitoring.items()},
         "sensors": {_snake(k): v for k, v in daemon["sensors"].items()},
         "schedules": {_snake(k): v for k, v in daemon["schedules"].items()},
@@ -181,13 +187,15 @@ def test_helm_instance_settings_are_valid_dagster_config(helm: dict[str, Any]) -
     result = validate_config(dagster_instance_config_schema(), config)
     assert result.success, [error.message for error in result.errors or []]
     queued = QueuedRunCoordinator.config_type()
-    assert validate_config(queued, config["run_coordinator"]["config"]).success
+    assert validate_config(queued, config["run_coordinator"].get("config", {})).success
 
 
 def test_helm_and_vm_deployments_queue_runs_alike(helm: dict[str, Any]) -> None:
     vm = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text(encoding="utf-8"))
     k8s = instance_config_from_helm(helm)
-    assert k8s["run_coordinator"]["config"] == vm["run_coordinator"]["config"]
+    assert k8s["run_coordinator"] == vm["run_coordinator"]
+    assert k8s["concurrency"] == vm["concurrency"]
+    assert k8s["run_retries"] == vm["run_retries"]
     assert k8s["retention"] == vm["retention"]
 
 

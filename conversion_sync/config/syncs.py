@@ -69,6 +69,10 @@ class SyncConfig(BaseModel):
     enabled: bool = True
     lookback: timedelta = DEFAULT_LOOKBACK
     after: list[str] = Field(default_factory=list)
+    deps: list[str] = Field(default_factory=list)
+    """Upstream Dagster asset keys (parts joined by `/`, as the UI shows them) beside the tables the query reads."""
+    run_on: Literal["schedule", "upstream", "both"] = "schedule"
+    """What starts the sync: its schedule, an update of an upstream asset (deps and read tables), or both."""
     delete_behavior: Literal["do_nothing", "clear_fields", "delete"] = "do_nothing"
     max_removed: int | str = DEFAULT_MAX_REMOVED
     """The most keys one run may remove (clear_fields or delete): a count, or a percentage of the sync's keys."""
@@ -102,6 +106,25 @@ class SyncConfig(BaseModel):
             names = ", ".join("{{" + n + "}}" for n in unknown)
             raise ValueError(f"unknown template name {names}; allowed: {', '.join(TEMPLATE_NAMES)}")
         return query
+
+    @field_validator("deps")
+    @classmethod
+    def _deps(cls, deps: list[str]) -> list[str]:
+        for key in deps:
+            if not key.strip() or any(not part.strip() for part in key.split("/")):
+                raise ValueError(
+                    f"'{key}' is not an asset key: parts joined by '/', such as 'analytics/users'"
+                )
+        return [key.strip() for key in deps]
+
+    @model_validator(mode="after")
+    def _run_on(self) -> SyncConfig:
+        if self.run_on == "upstream" and schedule_to_cron(self.schedule) is not None:
+            raise ValueError(
+                f"run_on: upstream runs the sync when its upstream assets update, so its schedule must be "
+                f"manual (it is '{self.schedule}'); use run_on: both to keep the schedule too"
+            )
+        return self
 
     @field_validator("max_removed", mode="before")
     @classmethod

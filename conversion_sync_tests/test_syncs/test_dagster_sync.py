@@ -80,7 +80,8 @@ def test_asset_shows_description_tags_owner_and_graph_order(defs: dg.Definitions
     assert users.tags["destination"] == "contacts" and users.tags["warehouse_kind"] == "duckdb"
     assert "duckdb" in users.kinds
     assert users.owners == ["data@example.com"]
-    assert graph.get(asset_key("owners")).parent_keys == {asset_key("users")}
+    # its after: sync, and the warehouse table its query reads
+    assert graph.get(asset_key("owners")).parent_keys == {asset_key("users"), dg.AssetKey("users")}
 
 
 def test_schedule_skips_while_a_run_is_in_progress(defs: dg.Definitions) -> None:
@@ -115,19 +116,9 @@ def test_after_sensor_requests_the_downstream_sync(defs: dg.Definitions) -> None
     sensor = defs.resolve_sensor_def("sync_owners_after_upstream")
     upstream_job = defs.resolve_job_def("sync_users")
     with dg.instance_for_test() as instance:
-        upstream = upstream_job.execute_in_process(instance=instance)
-        run = instance.get_run_by_id(upstream.run_id)
-        event = next(
-            e
-            for e in instance.all_logs(upstream.run_id)
-            if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_SUCCESS"
-        )
-        context = dg.build_run_status_sensor_context(
-            sensor_name=sensor.name,
-            dagster_instance=instance,
-            dagster_run=run,
-            dagster_event=event.dagster_event,
-        )
-        request = sensor(context)
-        assert isinstance(request, dg.RunRequest)
-        assert request.run_key == f"after-{upstream.run_id}"
+        upstream_job.execute_in_process(instance=instance)
+        (record,) = instance.fetch_materializations(asset_key("users"), limit=1).records
+        with dg.build_sensor_context(instance=instance, sensor_name=sensor.name) as context:
+            tick = sensor.evaluate_tick(context)
+        (request,) = tick.run_requests
+        assert request.run_key == f"after-users:{record.storage_id}"

@@ -11,7 +11,10 @@ import dagster as dg
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.defs.automation import STORE_POOL
+from conversion_sync.defs.destinations import row_count_observation
 from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP
+from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
@@ -63,16 +66,46 @@ def outcome_metadata(outcome: SyncOutcome) -> dict[str, Any]:
     return metadata
 
 
-def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
-    """A graph-backed asset whose steps the UI shows as query → validate → write."""
+def standard_metadata(
+    outcome: SyncOutcome, sync: SyncConfig, columns: list[dict[str, str]] | None
+) -> dict[str, Any]:
+    """Dagster's standard entries: the result's row count, the destination table, the result's columns."""
+    metadata: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(int(outcome.counts.get("queried", 0))),
+        "dagster/table_name": dg.MetadataValue.text(sync.destination.type),
+    }
+    if columns:
+        metadata["dagster/column_schema"] = dg.MetadataValue.table_schema(
+            dg.TableSchema(columns=[dg.TableColumn(c["name"], c["type"]) for c in columns])
+        )
+    return metadata
+
+
+def sync_asset(
+    sync: SyncConfig,
+    project: ProjectConfig,
+    upstream: list[dg.AssetKey] | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dg.AssetsDefinition:
+    """A graph-backed asset whose steps the UI shows as query → validate → write, each in the store's pool.
+
+    Its upstream assets are its `after:` syncs and `upstream` (the tables its query reads, its `deps:`):
+    inputs of the query step that carry no data, so the asset graph shows them.
+    """
     warehouse_kind = project.warehouses[sync.warehouse].type
-    after_inputs = {f"after_{name}": dg.In(dg.Nothing) for name in sync.after}
+    own = asset_key(sync.name)
+    upstream_keys = [
+        key for key in dict.fromkeys([*(asset_key(n) for n in sync.after), *(upstream or [])]) if key != own
+    ]
+    upstream_inputs = {f"upstream_{i}": key for i, key in enumerate(upstream_keys)}
 
     @dg.op(
         name=f"{sync.name}_query",
-        ins={"after": dg.In(dg.Nothing)} if after_inputs else None,
+        ins={"upstream": dg.In(dg.Nothing)} if upstream_inputs else None,
         description=f"Querying {sync.warehouse} ({warehouse_kind}) and staging the rows in the store",
         tags={"step": "query"},
+        pool=STORE_POOL,
     )
     def query(context: dg.OpExecutionContext, contact_store: Store, identity: Matcher) -> str:
         try:
@@ -85,6 +118,7 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
     @dg.op(
         name=f"{sync.name}_validate",
         description="Preparing: validating rows, rejecting bad ones with a reason",
+        pool=STORE_POOL,
     )
     def validate(context: dg.OpExecutionContext, table: str, contact_store: Store, identity: Matcher) -> str:
         result = _runner(sync, project, contact_store, identity).validate(table)
@@ -97,37 +131,59 @@ def sync_asset(sync: SyncConfig, project: ProjectConfig) -> dg.AssetsDefinition:
         name=f"{sync.name}_write",
         description=f"Writing to {sync.destination.type} and moving the watermark",
         out=dg.Out(dg.Nothing),  # the data lives in the store; nothing goes through an IO manager
+        pool=STORE_POOL,
     )
     def write(context: dg.OpExecutionContext, table: str, contact_store: Store, identity: Matcher) -> None:
+        with contact_store.begin() as conn:
+            record = sync_state.get_run_by_staging_table(conn, table)
         outcome = _runner(sync, project, contact_store, identity).write(table)
-        context.add_output_metadata(outcome_metadata(outcome))
+        columns = record.source_columns if record else None
+        context.add_output_metadata(
+            {**outcome_metadata(outcome), **standard_metadata(outcome, sync, columns)}
+        )
         context.log.info(", ".join(f"{k}={v}" for k, v in outcome.counts.items()))
+        _observe_destination(context, contact_store, sync)
         write_sync_log(project, sync.name, outcome.run_id, contact_store, log=context.log)
 
-    @dg.graph(name=f"{sync.name}_steps", ins={name: dg.GraphIn() for name in after_inputs})
-    def steps(**upstream: Any) -> Any:
-        staged = query(after=list(upstream.values())) if upstream else query()
+    @dg.graph(name=f"{sync.name}_steps", ins={name: dg.GraphIn() for name in upstream_inputs})
+    def steps(**inputs: Any) -> Any:
+        staged = query(upstream=list(inputs.values())) if inputs else query()
         return write(validate(staged))
 
     tags, owners = _tags_and_owners(sync, warehouse_kind)
     description = sync.description or f"{sync.warehouse} → {sync.destination.type}"
     return dg.AssetsDefinition.from_graph(
         steps,
-        keys_by_input_name={f"after_{name}": asset_key(name) for name in sync.after},
+        keys_by_input_name=upstream_inputs,
         keys_by_output_name={"result": asset_key(sync.name)},
         group_name=SYNC_GROUP,
         descriptions_by_output_name={"result": f"{description}\n\n```sql\n{sync.query.strip()}\n```"},
         tags_by_output_name={"result": tags},
         owners_by_output_name={"result": owners} if owners else None,
+        automation_conditions_by_output_name={"result": automation_condition}
+        if automation_condition
+        else None,
         metadata_by_output_name={
             "result": {
                 "schedule": sync.schedule,
                 "warehouse": sync.warehouse,
                 "destination": sync.destination.type,
                 "incremental": sync.incremental,
+                "run_on": sync.run_on,
+                **(extra_metadata or {}),
             }
         },
     )
+
+
+def _observe_destination(context: dg.OpExecutionContext, store: ContactStore, sync: SyncConfig) -> None:
+    """The destination table's row count as an observation of its asset; a count that fails only warns."""
+    try:
+        context.log_event(row_count_observation(store, sync.destination, context.run_id))
+    except Exception as exc:  # the rows are written; a count must not fail the run
+        context.log.warning(
+            f"could not count the rows of {sync.destination.type}: {type(exc).__name__}: {exc}"
+        )
 
 
 def _tags_and_owners(sync: SyncConfig, warehouse_kind: str) -> tuple[dict[str, str], list[str]]:

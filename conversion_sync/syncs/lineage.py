@@ -1,0 +1,83 @@
+"""Which warehouse tables a sync's query reads: parsed with sqlglot in its warehouse's dialect.
+
+A table is named as the query names it, without its database (catalog): `schema.table` → ("schema", "table"),
+`table` → ("table",). Unquoted names are lower-cased on the warehouses that ignore their case (Postgres,
+DuckDB, Snowflake); quoted names, and every name on BigQuery, keep their case. Names defined by the query
+itself (WITH … AS, recursive CTEs), table functions (`read_parquet(…)`, `UNNEST`, `FLATTEN`) and subqueries
+are not tables. The `{{last_sync_time}}` template is rendered (with the epoch) before parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.scope import traverse_scope
+
+from conversion_sync.syncs.template import EPOCH, render_query
+
+DIALECTS = {"postgres": "postgres", "duckdb": "duckdb", "snowflake": "snowflake", "bigquery": "bigquery"}
+CASE_SENSITIVE_KINDS = frozenset({"bigquery"})
+"""Warehouse types whose unquoted table names keep their case (BigQuery datasets and tables)."""
+
+TableName = tuple[str, ...]
+"""A table as (schema, table) or (table,)."""
+
+
+@dataclass(frozen=True)
+class QueryTables:
+    """The tables a query reads, in order of first appearance, or why they could not be read."""
+
+    tables: list[TableName]
+    problem: str | None = None
+
+
+def _part(identifier: exp.Expression, kind: str | None) -> str:
+    name = identifier.name
+    quoted = isinstance(identifier, exp.Identifier) and identifier.quoted
+    return name if quoted or kind in CASE_SENSITIVE_KINDS else name.lower()
+
+
+def _table_name(table: exp.Table, kind: str | None) -> TableName | None:
+    if not isinstance(table.this, exp.Identifier) or not table.name:
+        return None  # a table function: read_parquet(…), TABLE(FLATTEN(…)), generate_series(…)
+    schema = table.args.get("db")
+    name = _part(table.this, kind)
+    return (_part(schema, kind), name) if schema is not None and schema.name else (name,)
+
+
+def _cte_names(tree: exp.Expression) -> set[str]:
+    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+
+
+def _tables_in(tree: exp.Expression, kind: str | None) -> list[TableName]:
+    """Tables by scope (CTE references are scopes, not tables); a tree sqlglot cannot scope falls back to
+    every table node whose unqualified name is no CTE's."""
+    try:
+        nodes = [
+            source
+            for scope in traverse_scope(tree)
+            for source in scope.sources.values()
+            if isinstance(source, exp.Table)
+        ]
+    except SqlglotError:
+        ctes = _cte_names(tree)
+        nodes = [t for t in tree.find_all(exp.Table) if t.args.get("db") or t.name.lower() not in ctes]
+    return [name for name in (_table_name(node, kind) for node in nodes) if name is not None]
+
+
+def query_tables(query: str, kind: str | None = None) -> QueryTables:
+    """The tables `query` (a sync query, template and all) reads, for a warehouse type `kind`."""
+    try:
+        sql = render_query(query, EPOCH, kind)
+        trees = sqlglot.parse(sql, read=DIALECTS.get(kind or ""))
+    except (SqlglotError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return QueryTables([], f"the query could not be parsed as {kind or 'SQL'}: {first_line}")
+    found: dict[TableName, None] = {}
+    for tree in trees:
+        if isinstance(tree, exp.Expression):
+            found.update(dict.fromkeys(_tables_in(tree, kind)))
+    return QueryTables(list(found))
