@@ -258,16 +258,62 @@ def adbc_connection(store_url: str) -> Iterator[Any]:
         conn.close()
 
 
+class IngestConnection:
+    """An ADBC connection to the store that only appends Arrow data to tables (COPY BINARY), each append a
+    transaction of its own. It uses adbc_driver_manager's own API, not its DB-API module: that one imports
+    pyarrow.dataset and with it pandas, which cost every run's process half a second or more of start-up."""
+
+    def __init__(self, store_url: str) -> None:
+        import adbc_driver_manager
+        import adbc_driver_postgresql
+
+        self._adbc = adbc_driver_manager
+        self._database = adbc_driver_postgresql.connect(libpq_url(store_url))
+        try:
+            self._connection = adbc_driver_manager.AdbcConnection(self._database)
+        except BaseException:
+            self._database.close()
+            raise
+
+    def append(self, table: str, schema: str, data: pa.Table) -> None:
+        """Append `data` to the existing `schema`.`table` and commit."""
+        adbc = self._adbc
+        statement = adbc.AdbcStatement(self._connection)
+        try:
+            statement.set_options(
+                **{
+                    adbc.INGEST_OPTION_TARGET_TABLE: table,
+                    adbc.INGEST_OPTION_MODE: adbc.INGEST_OPTION_MODE_APPEND,
+                    adbc.StatementOptions.INGEST_TARGET_DB_SCHEMA.value: schema,
+                }
+            )
+            statement.bind_stream(data)
+            statement.execute_update()
+        finally:
+            statement.close()
+
+    def close(self) -> None:
+        try:
+            self._connection.close()
+        finally:
+            self._database.close()
+
+
 COPY_CONNECTIONS = 2
 """Staging COPYs in flight at once, each on its own connection: while the client encodes one batch, the
 store parses another (one COPY leaves each side idle half the time)."""
 
 
 @contextmanager
-def adbc_connections(store_url: str, count: int = COPY_CONNECTIONS) -> Iterator[list[object]]:
-    """`count` ADBC connections to the store (see StagingWriter)."""
+def adbc_connections(store_url: str, count: int = COPY_CONNECTIONS) -> Iterator[list[IngestConnection]]:
+    """`count` ingest connections to the store (see StagingWriter)."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(adbc_connection(store_url)) for _ in range(count)]
+        connections = []
+        for _ in range(count):
+            connection = IngestConnection(store_url)
+            stack.callback(connection.close)
+            connections.append(connection)
+        yield connections
 
 
 class StagingWriter:
@@ -280,7 +326,7 @@ class StagingWriter:
 
     def __init__(
         self,
-        adbc_conns: Sequence[object],
+        adbc_conns: Sequence[IngestConnection],
         table: str,
         columns: StagedColumns,
         fingerprint_columns: Iterable[int] = (),
@@ -303,14 +349,11 @@ class StagingWriter:
         text = text.add_column(0, ROW_NUMBER, numbers)
         slot = self.batches % len(self._conns)
         self._wait(slot)
-        self._in_flight[slot] = self._copier.submit(self._copy, self._conns[slot], text)
+        self._in_flight[slot] = self._copier.submit(
+            self._conns[slot].append, self._table, STAGING_SCHEMA, text
+        )
         self.rows += batch.num_rows
         self.batches += 1
-
-    def _copy(self, conn: object, text: pa.Table) -> None:
-        with conn.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.adbc_ingest(self._table, text, mode="append", db_schema_name=STAGING_SCHEMA)
-        conn.commit()  # type: ignore[attr-defined]
 
     def _wait(self, slot: int) -> None:
         in_flight, self._in_flight[slot] = self._in_flight[slot], None
