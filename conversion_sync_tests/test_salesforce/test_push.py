@@ -4,12 +4,20 @@ real poll beside it; every Salesforce write counted from the stand-in's request 
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from conversion_sync.config.salesforce import SalesforceConfig
 from conversion_sync.salesforce.budget import ApiBudget
@@ -21,11 +29,13 @@ from conversion_sync.salesforce.push import (
     PushOutcome,
     SalesforcePusher,
     mark_for_push,
+    push_errors,
     push_summary,
 )
+from conversion_sync.store.connection import STORE_URL_ENV
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
-from conversion_sync_dev.salesforce_standin import Org
+from conversion_sync_dev.salesforce_standin import Org, StandinServer
 
 WRITE_KINDS = (
     "sobject_create",
@@ -76,9 +86,9 @@ class Harness:
         with self.store.begin() as conn:
             return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
 
-    def execute(self, sql: str, **params: Any) -> Any:
+    def execute(self, sql: str, **params: Any) -> None:
         with self.store.begin() as conn:
-            return conn.execute(sa.text(sql), params).scalar()
+            conn.execute(sa.text(sql), params)
 
     def add_contacts(self, contacts: list[dict[str, Any]], stamp: datetime | None = None) -> list[int]:
         """Store contacts as a writer adds them: each given field stamped `stamp` (default: the org's now)."""
@@ -295,3 +305,250 @@ def test_rules_per_source_and_as_contact(harness: Harness) -> None:
     assert harness.push(all_pending=True).counts.created == 1
     assert harness.contact("other@example.com")["salesforce_type"] == "Lead"
     assert org.stats()["records"]["Lead"] == 1
+
+
+# -- preferences both ways, and no echo ----------------------------------------------------------
+
+EXPECTED = {
+    # contact: (store value, Salesforce value) after one poll and one push
+    "most_recent": {
+        "sf": ("SF", "SF"),
+        "store": ("Store", "Store"),
+        "both_store_newer": ("Store", "Store"),
+        "both_sf_newer": ("SF2", "SF2"),
+    },
+    "salesforce_wins": {
+        "sf": ("SF", "SF"),
+        "store": ("Old", "Old"),
+        "both_store_newer": ("SF", "SF"),
+        "both_sf_newer": ("SF2", "SF2"),
+    },
+    # a Salesforce-only edit stays there: the store keeps its value, and pushes only when that value changes
+    "conversion_wins": {
+        "sf": ("Old", "SF"),
+        "store": ("Store", "Store"),
+        "both_store_newer": ("Store", "Store"),
+        "both_sf_newer": ("Store", "Store"),
+    },
+    "do_not_sync": {
+        "sf": ("Old", "SF"),
+        "store": ("Store", "Old"),
+        "both_store_newer": ("Store", "SF"),
+        "both_sf_newer": ("Store", "SF2"),
+    },
+}
+
+
+@pytest.mark.parametrize("preference", list(EXPECTED))
+def test_each_preference_both_ways_then_a_second_poll_and_push_write_nothing(
+    harness: Harness, preference: str
+) -> None:
+    """Title ↔ job_title with `preference`: edited in Salesforce only, in the store only, and on both sides
+    (either one newer); after one poll and one push each system holds the expected value, and a second poll and
+    push write nothing to either system."""
+    org = harness.org
+    lead_mappings = {
+        "first_name": "FirstName",
+        "last_name": "LastName",
+        "job_title": {"salesforce": "Title", "preference": preference},
+    }
+    harness.config = config(field_mappings={"Lead": lead_mappings, "Contact": {}, "Account": {}})
+    cases = list(EXPECTED[preference])
+    ids = dict(
+        zip(
+            cases,
+            org.seed(
+                "Lead",
+                [
+                    {"LastName": c, "Company": "Acme", "Email": f"{c}@example.com", "Title": "Old"}
+                    for c in cases
+                ],
+            ),
+            strict=True,
+        )
+    )
+    harness.settle()
+    harness.poll()
+    if preference == "do_not_sync":  # the poll does not bring the title: the store has its own
+        for case in cases:
+            harness.edit_contact(f"{case}@example.com", org.now() - timedelta(seconds=60), job_title="Old")
+    org.reset_stats()
+    baseline = harness.push()
+    assert writes(org) == 0 and baseline.counts.unchanged == len(cases)  # nothing differs: nothing written
+
+    org.advance_clock(5)
+    for case in ("sf", "both_store_newer"):
+        org.update("Lead", ids[case], {"Title": "SF"})
+    org.advance_clock(5)
+    for case in ("store", "both_store_newer", "both_sf_newer"):
+        harness.edit_contact(f"{case}@example.com", job_title="Store")
+    org.advance_clock(5)
+    org.update("Lead", ids["both_sf_newer"], {"Title": "SF2"})
+
+    harness.settle()
+    harness.poll()
+    harness.push()
+    for case, (in_store, in_salesforce) in EXPECTED[preference].items():
+        email = f"{case}@example.com"
+        assert (harness.contact(email)["job_title"], harness.salesforce("Lead", email)[0]["Title"]) == (
+            in_store,
+            in_salesforce,
+        ), case
+
+    store_before = harness.rows(
+        "SELECT id, updated_at, field_updated_at, job_title FROM contacts ORDER BY id"
+    )
+    modified_before = {
+        c: harness.salesforce("Lead", f"{c}@example.com")[0]["LastModifiedDate"] for c in cases
+    }
+    harness.settle()
+    org.reset_stats()
+    second_poll = harness.poll()
+    second_push = harness.push()
+    assert writes(org) == 0
+    assert second_poll.objects["Lead"].counts.updated == 0
+    assert second_push.counts.updated == second_push.counts.created == 0
+    assert (
+        harness.rows("SELECT id, updated_at, field_updated_at, job_title FROM contacts ORDER BY id")
+        == store_before
+    )
+    assert {
+        c: harness.salesforce("Lead", f"{c}@example.com")[0]["LastModifiedDate"] for c in cases
+    } == modified_before
+
+
+# -- volume, per-record errors, conversion ---------------------------------------------------------
+
+
+def test_5000_contacts_in_few_calls_and_one_refused_record_waits_for_a_change(harness: Harness) -> None:
+    """5,000 new contacts go as Leads through one Bulk API 2.0 ingest job; the one Salesforce refuses (a Title
+    longer than its 128 characters) is kept with Salesforce's message and not sent again until it changes."""
+    org = harness.org
+    harness.settle()
+    harness.poll()  # the push runs after a poll: it searches only what changed in Salesforce since
+    stamp = org.now().isoformat()
+    harness.execute(
+        """INSERT INTO contacts (email, email_normalized, first_name, last_name, job_title, field_updated_at)
+        SELECT 'p' || i || '@example.com', 'p' || i || '@example.com', 'First' || i, 'Last' || i,
+               CASE WHEN i = 1234 THEN repeat('x', 200) ELSE 'Title ' || i END,
+               jsonb_build_object('first_name', CAST(:stamp AS text), 'last_name', CAST(:stamp AS text),
+                                  'job_title', CAST(:stamp AS text))
+        FROM generate_series(1, 5000) i""",
+        stamp=stamp,
+    )
+    org.reset_stats()
+    started = time.perf_counter()
+    outcome = harness.push()
+    elapsed = time.perf_counter() - started
+    calls = org.stats()["requests"]["api_requests"]
+    print(f"5000 contacts pushed: {calls} API calls, {outcome.bulk_jobs} bulk job(s), {elapsed:.1f}s")
+    assert calls <= 40 and calls == outcome.budget.calls_made
+    assert (outcome.counts.created, outcome.counts.failed, outcome.bulk_jobs) == (4999, 1, 1)
+    assert org.stats()["records"]["Lead"] == 4999
+    with harness.store.begin() as conn:
+        [error] = push_errors(conn)
+        assert push_summary(conn)["failed"] == 1
+    assert error["email"] == "p1234@example.com" and error["error_code"] == "STRING_TOO_LONG"
+    assert "max length=128" in error["error_message"]
+    assert harness.contact("p1234@example.com")["salesforce_id"] is None
+    [run] = harness.rows("SELECT counts FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)
+    assert (run["counts"]["created"], run["counts"]["failed"]) == (4999, 1)
+
+    org.reset_stats()
+    assert harness.push().counts.created == 0 and writes(org) == 0  # unchanged: not tried again
+    harness.edit_contact("p1234@example.com", job_title="Fixed")
+    retried = harness.push()
+    assert (retried.counts.created, retried.counts.failed) == (1, 0)
+    assert harness.salesforce("Lead", "p1234@example.com")[0]["Title"] == "Fixed"
+    with harness.store.begin() as conn:
+        assert push_errors(conn) == [] and push_summary(conn)["failed"] == 0
+
+
+def test_a_converted_leads_updates_go_to_its_contact(harness: Harness) -> None:
+    org = harness.org
+    [lead] = org.seed("Lead", [{"LastName": "Conv", "Company": "Acme", "Email": "conv@example.com"}])
+    harness.settle()
+    harness.poll()
+    assert harness.contact("conv@example.com")["salesforce_id"] == lead
+    org.convert_lead(lead)  # not polled yet: the store still links the Lead
+    [contact] = [r["Id"] for r in org.query("SELECT Id FROM Contact WHERE Email = 'conv@example.com'")]
+    org.advance_clock(5)
+    harness.edit_contact("conv@example.com", job_title="Head of Ops")
+    outcome = harness.push()
+    assert (outcome.counts.relinked, outcome.counts.updated) == (1, 1)
+    assert harness.contact("conv@example.com")["salesforce_id"] == contact
+    assert harness.salesforce("Contact", "conv@example.com")[0]["Title"] == "Head of Ops"
+    harness.settle()
+    harness.poll()
+    org.reset_stats()
+    harness.push()
+    assert writes(org) == 0 and harness.contact("conv@example.com")["job_title"] == "Head of Ops"
+
+
+# -- a push killed at a random moment ---------------------------------------------------------------
+
+
+def test_a_push_killed_at_a_random_moment_creates_no_second_lead(
+    harness: Harness, standin: StandinServer, store_url: str, tmp_path: Path
+) -> None:
+    """`conversion-sync salesforce push` in a child process, killed (SIGKILL) at a random moment, three times:
+    through a Bulk API 2.0 job that takes a few seconds, and through collections; each time a second push
+    finishes the work and every email has exactly one Lead."""
+    org = harness.org
+    org.configure(bulk_polls_before_complete=2)
+    rng = random.Random()
+    env = {
+        **os.environ,
+        "CONVERSION_SYNC_ENV": "local",
+        STORE_URL_ENV: store_url,
+        "SALESFORCE_USERNAME": standin.username,
+        "SALESFORCE_PASSWORD": standin.password,
+        "SALESFORCE_SECURITY_TOKEN": standin.security_token,
+        "SALESFORCE_LOGIN_URL": standin.url,
+        "SALESFORCE_CA_BUNDLE": str(standin.ca_path),
+    }
+    total = 0
+    for round_, threshold in enumerate((100, 100, 100_000, 100_000)):
+        (tmp_path / str(round_)).mkdir()
+        (tmp_path / str(round_) / "salesforce.yaml").write_text(
+            yaml.safe_dump({"api_reserve": 0, "push": {"bulk_threshold": threshold}})
+        )
+        harness.config = config(push={"bulk_threshold": threshold})
+        harness.add_contacts(
+            [{"email": f"k{round_}-{i}@example.com", "last_name": f"K{i}"} for i in range(600)]
+        )
+        total += 600
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conversion_sync.cli",
+                "--config",
+                str(tmp_path / str(round_)),
+                "salesforce",
+                "push",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().startswith(b"pushing")  # imported, configured: about to log in
+        time.sleep(rng.uniform(0.5, 3.0) if threshold < 600 else rng.uniform(0.05, 0.6))
+        child.send_signal(signal.SIGKILL)
+        output = child.communicate(timeout=30)[0].decode()
+        assert "Traceback" not in output and "Error" not in output, output
+        before = len(org.query("SELECT Id FROM Lead"))
+        finished = harness.push()
+        print(
+            f"round {round_}: killed with {before - total + 600} of 600 Leads created; the re-run linked "
+            f"{finished.counts.recovered} from a remembered job and {finished.counts.linked} found by email, "
+            f"created {finished.counts.created}"
+        )
+        leads = org.query("SELECT Email FROM Lead")
+        emails = [r["Email"] for r in leads]
+        assert len(emails) == len(set(emails)) == total, f"round {round_}: duplicate or missing Leads"
+        unlinked = harness.rows(
+            "SELECT email FROM contacts WHERE salesforce_id IS NULL AND email LIKE :p", p=f"k{round_}-%"
+        )
+        assert unlinked == []
