@@ -131,6 +131,12 @@ def test_instance_starts_against_postgres_from_environment(
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None and queue.max_concurrent_runs >= 1
         assert instance.run_monitoring_enabled
+        # crashed runs are retried, data failures are not; store and Salesforce ops queue in pools
+        assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit is not None and pools.default_pool_limit >= 1
+        assert pools.pool_granularity is not None and pools.pool_granularity.value == "op"
         if path.parent.name == "deploy":
             limits = queue.tag_concurrency_limits
             assert {

@@ -28,7 +28,8 @@ TableName = tuple[str, ...]
 
 @dataclass(frozen=True)
 class QueryTables:
-    """The tables a query reads, in order of first appearance, or why they could not be read."""
+    """The tables a query reads, each once (in the order sqlglot walks its scopes), or why they could not be
+    read."""
 
     tables: list[TableName]
     problem: str | None = None
@@ -68,14 +69,23 @@ def _tables_in(tree: exp.Expression, kind: str | None) -> list[TableName]:
     return [name for name in (_table_name(node, kind) for node in nodes) if name is not None]
 
 
+def _reason(exc: Exception) -> str:
+    """A parse error's description and position (sqlglot's message also quotes tokens)."""
+    errors = getattr(exc, "errors", None)
+    if errors:
+        first = errors[0]
+        return f"{first.get('description')} (line {first.get('line')}, column {first.get('col')})"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def query_tables(query: str, kind: str | None = None) -> QueryTables:
     """The tables `query` (a sync query, template and all) reads, for a warehouse type `kind`."""
     try:
         sql = render_query(query, EPOCH, kind)
         trees = sqlglot.parse(sql, read=DIALECTS.get(kind or ""))
     except (SqlglotError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return QueryTables([], f"the query could not be parsed as {kind or 'SQL'}: {first_line}")
+        return QueryTables([], f"the query could not be parsed as {kind or 'SQL'}: {_reason(exc)}")
     found: dict[TableName, None] = {}
     for tree in trees:
         if isinstance(tree, exp.Expression):
