@@ -281,3 +281,23 @@ salesforce_push_state = sa.Table(
     ),
 )
 """Per-contact state of the Salesforce contact push (conversion_sync.salesforce.push)."""
+
+sync_warehouse_fingerprints = sa.Table(
+    "sync_warehouse_fingerprints",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("source_key", sa.Text, primary_key=True),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+)
+"""Per sync and source key: the fingerprint the warehouse computed over the row the store last received
+(migration 0014; syncs/warehouse_diff.py)."""
+
+sync_warehouse_diff = sa.Table(
+    "sync_warehouse_diff",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+"""Per sync: what its warehouse fingerprints were computed from; another spec means a full read (migration 0014)."""
