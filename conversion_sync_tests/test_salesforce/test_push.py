@@ -15,11 +15,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
 
 from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.defs.salesforce import PUSH_ASSET, PUSH_JOB, PUSH_SENSOR
+from conversion_sync.defs.salesforce import build_defs as build_salesforce_definitions
+from conversion_sync.defs.salesforce.push import salesforce_push_asset
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.client import SalesforceSettings
 from conversion_sync.salesforce.poller import PollOutcome, SalesforcePoller
@@ -552,3 +556,31 @@ def test_a_push_killed_at_a_random_moment_creates_no_second_lead(
             "SELECT email FROM contacts WHERE salesforce_id IS NULL AND email LIKE :p", p=f"k{round_}-%"
         )
         assert unlinked == []
+
+
+# -- Dagster ----------------------------------------------------------------------------------------
+
+
+def test_dagster_push_asset_with_launchpad_emails_and_the_after_poll_sensor(harness: Harness) -> None:
+    harness.config = config(push={"create": "later"})
+    harness.add_contacts([{"email": "one@example.com", "last_name": "One"}, {"email": "two@example.com"}])
+    defs = build_salesforce_definitions(harness.config, harness.resource)
+    assert PUSH_JOB in {job.name for job in defs.jobs or []}
+    [sensor] = [s for s in defs.sensors or [] if s.name == PUSH_SENSOR]
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    push_asset = salesforce_push_asset(harness.config, harness.resource)
+    result = dg.materialize(
+        [push_asset],
+        resources={"contact_store": harness.store, "salesforce": harness.resource},
+        run_config={"ops": {PUSH_ASSET: {"config": {"emails": ["one@example.com"]}}}},
+    )
+    assert result.success
+    [materialization] = result.asset_materializations_for_node(PUSH_ASSET)
+    metadata = materialization.metadata
+    assert (
+        metadata["contacts_created"].value == 1 and metadata["api_calls_used"].value == 3
+    )  # two searches, one create
+    assert harness.contact("one@example.com")["salesforce_type"] == "Lead"
+    assert harness.contact("two@example.com")["salesforce_id"] is None
+    [run] = harness.rows("SELECT run_id, status FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)
+    assert run == {"run_id": result.run_id, "status": "success"}

@@ -12,9 +12,20 @@ from conversion_sync.defs.salesforce.assets import (
     salesforce_poll_asset,
 )
 from conversion_sync.defs.salesforce.jobs import salesforce_job_and_schedule
+from conversion_sync.defs.salesforce.push import PUSH_ASSET, PUSH_JOB, PUSH_SENSOR, build_push_defs
 from conversion_sync.salesforce.client import SalesforceSettings
 
-__all__ = ["POLL_ASSET", "POLL_CHECK", "POLL_JOB", "POLL_SCHEDULE", "SALESFORCE_GROUP", "build_defs"]
+__all__ = [
+    "POLL_ASSET",
+    "POLL_CHECK",
+    "POLL_JOB",
+    "POLL_SCHEDULE",
+    "PUSH_ASSET",
+    "PUSH_JOB",
+    "PUSH_SENSOR",
+    "SALESFORCE_GROUP",
+    "build_defs",
+]
 
 POLL_JOB = "salesforce_poll_job"
 POLL_SCHEDULE = "salesforce_poll_schedule"
@@ -33,8 +44,9 @@ def build_defs(config: SalesforceConfig, salesforce: SalesforceSettings) -> dg.D
         what="Salesforce poll",
         short="poll",
     )
-    return dg.Definitions(
+    poll = dg.Definitions(
         assets=[salesforce_poll_asset(config, salesforce)],
         jobs=[job],
         schedules=[schedule] if schedule else [],
     )
+    return dg.Definitions.merge(poll, build_push_defs(config, salesforce, job))
