@@ -424,19 +424,29 @@ def test_each_preference_both_ways_then_a_second_poll_and_push_write_nothing(
 # -- volume, per-record errors, conversion ---------------------------------------------------------
 
 
+PHONE_RULE = {
+    "object": "Lead",
+    "name": "Phone_Format",
+    "condition": {"field": "Phone", "not_matches": r"\+?[0-9 ()-]{7,20}"},
+    "error_message": "Phone must be digits, spaces, dashes or parentheses",
+    "error_field": "Phone",
+}
+
+
 def test_5000_contacts_in_few_calls_and_one_refused_record_waits_for_a_change(harness: Harness) -> None:
-    """5,000 new contacts go as Leads through one Bulk API 2.0 ingest job; the one Salesforce refuses (a Title
-    longer than its 128 characters) is kept with Salesforce's message and not sent again until it changes."""
+    """5,000 new contacts go as Leads through one Bulk API 2.0 ingest job; the one a validation rule refuses
+    is kept with Salesforce's message and not sent again until the contact changes."""
     org = harness.org
+    org.set_validation_rules([PHONE_RULE])
     harness.settle()
     harness.poll()  # the push runs after a poll: it searches only what changed in Salesforce since
     stamp = org.now().isoformat()
     harness.execute(
-        """INSERT INTO contacts (email, email_normalized, first_name, last_name, job_title, field_updated_at)
+        """INSERT INTO contacts (email, email_normalized, first_name, last_name, phone, field_updated_at)
         SELECT 'p' || i || '@example.com', 'p' || i || '@example.com', 'First' || i, 'Last' || i,
-               CASE WHEN i = 1234 THEN repeat('x', 200) ELSE 'Title ' || i END,
+               CASE WHEN i = 1234 THEN 'call me maybe' ELSE '+1 555 ' || i END,
                jsonb_build_object('first_name', CAST(:stamp AS text), 'last_name', CAST(:stamp AS text),
-                                  'job_title', CAST(:stamp AS text))
+                                  'phone', CAST(:stamp AS text))
         FROM generate_series(1, 5000) i""",
         stamp=stamp,
     )
@@ -452,18 +462,21 @@ def test_5000_contacts_in_few_calls_and_one_refused_record_waits_for_a_change(ha
     with harness.store.begin() as conn:
         [error] = push_errors(conn)
         assert push_summary(conn)["failed"] == 1
-    assert error["email"] == "p1234@example.com" and error["error_code"] == "STRING_TOO_LONG"
-    assert "max length=128" in error["error_message"]
+    assert error["email"] == "p1234@example.com"
+    assert error["error_code"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    assert "Phone must be digits, spaces, dashes or parentheses" in error["error_message"]
     assert harness.contact("p1234@example.com")["salesforce_id"] is None
     [run] = harness.rows("SELECT counts FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)
     assert (run["counts"]["created"], run["counts"]["failed"]) == (4999, 1)
 
     org.reset_stats()
     assert harness.push().counts.created == 0 and writes(org) == 0  # unchanged: not tried again
-    harness.edit_contact("p1234@example.com", job_title="Fixed")
+    harness.edit_contact("p1234@example.com", phone="+1 555 1234")
     retried = harness.push()
     assert (retried.counts.created, retried.counts.failed) == (1, 0)
-    assert harness.salesforce("Lead", "p1234@example.com")[0]["Title"] == "Fixed"
+    assert [r["Id"] for r in harness.salesforce("Lead", "p1234@example.com")] == [
+        harness.contact("p1234@example.com")["salesforce_id"]
+    ]
     with harness.store.begin() as conn:
         assert push_errors(conn) == [] and push_summary(conn)["failed"] == 0
 
@@ -584,3 +597,22 @@ def test_dagster_push_asset_with_launchpad_emails_and_the_after_poll_sensor(harn
     assert harness.contact("two@example.com")["salesforce_id"] is None
     [run] = harness.rows("SELECT run_id, status FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)
     assert run == {"run_id": result.run_id, "status": "success"}
+
+
+def test_an_empty_salesforce_yaml_maps_the_standard_fields_both_ways(tmp_path: Path) -> None:
+    empty = SalesforceConfig.model_validate(yaml.safe_load("") or {})
+    lead = {store: (m.salesforce, m.preference) for store, m in empty.field_mappings["Lead"].items()}
+    assert lead == {
+        "first_name": ("FirstName", "most_recent"),
+        "last_name": ("LastName", "most_recent"),
+        "job_title": ("Title", "most_recent"),
+        "phone": ("Phone", "most_recent"),
+        "city": ("City", "most_recent"),
+        "company_name": ("Company", "most_recent"),
+    }
+    assert empty.field_mappings["Contact"]["city"].salesforce == "MailingCity"
+    assert empty.field_mappings["Account"]["name"].salesforce == "Name"
+    assert (empty.push.create, empty.push.as_) == ("immediately", "Lead")
+    assert SalesforceConfig.model_validate({"field_mappings": {}}).field_mappings == {}  # explicitly nothing
+    with pytest.raises(ValueError, match="create"):
+        SalesforceConfig.model_validate({"push": {"create": "sometimes"}})
