@@ -112,3 +112,26 @@ def resync(ctx: click.Context, sync_name: str) -> None:
         f"sync {sync_name}: watermark {'reset' if had_state else 'was not set'}, {fingerprints} fingerprint(s) cleared; "
         "the next run is a full resync"
     )
+
+
+@main.command("retry-rejected")
+@click.argument("sync_name")
+@click.pass_context
+def retry_rejected_rows(ctx: click.Context, sync_name: str) -> None:
+    """Re-read the keys earlier runs rejected (the query from the epoch, filtered to them) and write them now.
+
+    The watermark does not move. Rows that still fail stay rejected with their reason."""
+    from conversion_sync.syncs.runner import SyncFailed, SyncRunner
+
+    project, sync = project_and_sync(ctx, sync_name)
+    try:
+        outcome = SyncRunner(sync, project, open_store(), mode="retry_rejected").run()
+    except SyncFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = outcome.counts
+    click.echo(
+        f"sync {sync_name}: retry run {outcome.run_id} re-read {counts.get('retried', 0)} rejected key(s)"
+    )
+    print_counts(counts)
+    if counts.get("still_rejected"):
+        click.echo(f"still rejected: {outcome.download_command}")

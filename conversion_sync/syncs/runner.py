@@ -29,6 +29,7 @@ from conversion_sync.store.staging import (
     staging_table_name,
     store_lowers_ascii_plainly,
 )
+from conversion_sync.syncs import retry_rejected
 from conversion_sync.syncs.destinations import UnknownObjectType, destination_for
 from conversion_sync.syncs.template import EPOCH, format_timestamp, is_incremental, render_query
 from conversion_sync.syncs.validation import (
@@ -39,13 +40,6 @@ from conversion_sync.syncs.validation import (
     fingerprinted_columns,
     map_columns,
     rows_table,
-)
-from conversion_sync.syncs.warehouse_diff import (
-    WarehouseDiff,
-    diffed_keys_select,
-    drop_keys_table,
-    remember_fingerprints,
-    unchanged_without_reading,
 )
 from conversion_sync.syncs.writers import RemovalRefused, WriteContext, WriteCounts
 from conversion_sync.warehouses import WarehouseError, open_warehouse
@@ -104,8 +98,6 @@ class SyncRunner:
 
     _previewing = False
     """True while preview() runs the query step: the run record is a preview's."""
-    _diff: WarehouseDiff
-    """The query step's in-warehouse diffing (syncs/warehouse_diff.py)."""
 
     def __init__(
         self,
@@ -113,7 +105,10 @@ class SyncRunner:
         project: ProjectConfig,
         store: ContactStore,
         matcher: IdentityMatcher | None = None,
+        mode: retry_rejected.RunMode = "normal",
     ) -> None:
+        self.mode = mode
+        """normal, retry_rejected (only the unresolved rejected keys) or full_resync (reset first)."""
         self.sync = sync
         self.project = project
         self.store = store
@@ -138,6 +133,9 @@ class SyncRunner:
         engine = self.store.engine()
         table = staging_table_name(self.sync.name, run_id)
         kind = self.project.warehouses[self.sync.warehouse].type
+        if self.mode == "full_resync" and not self._previewing:
+            with engine.begin() as conn:
+                sync_state.reset_sync(conn, self.sync.name)
         with engine.begin() as conn:
             sync_state.mark_crashed_runs(conn, self.sync.name)  # their staging tables go with the leftovers
             running = conn.exec_driver_sql(
@@ -147,6 +145,8 @@ class SyncRunner:
             drop_staging_tables(conn, self.sync.name, keep=[t for t in running if t])
             watermark = sync_state.get_watermark(conn, self.sync.name) or EPOCH
             used = max(EPOCH, watermark - self.sync.lookback) if watermark > EPOCH else EPOCH
+            retry_only = self.mode == "retry_rejected"  # re-reads from the epoch, never moves the watermark
+            used = EPOCH if retry_only else used
             retyped = sync_state.changed_field_types(conn, self.sync.name, self.fields.field_types)
             if retyped:
                 # stored values were written with another type: read everything again and rewrite them
@@ -162,23 +162,20 @@ class SyncRunner:
                 watermark_used=used,
                 next_watermark=None,
                 staging_table=table,
-                full_sync=not is_incremental(self.sync.query, kind),
+                full_sync=not is_incremental(self.sync.query, kind) and not retry_only,
                 preview=self._previewing,
             )
+            retry = retry_rejected.RetryPlan()
+            if not self._previewing:
+                reads_all = used == EPOCH or not is_incremental(self.sync.query, kind)
+                retry = retry_rejected.plan_retry(conn, self.sync, run_id, self.mode, reads_all)
             if retyped:
                 sync_state.set_phase(conn, run_id, "querying", {"retyped_fields": len(retyped)})
-        self._diff = WarehouseDiff(
-            self.sync,
-            kind,
-            self.store,
-            table,
-            render_query(self.sync.query, used, kind),
-            retyped=bool(retyped),
-        )
         started = time.monotonic()
         try:
             sql = render_query(self.sync.query, used, kind)
-            rows, warehouse_clock = self._stage(sql, table, run_id, batch_rows)
+            queries = retry.queries(sql, render_query(self.sync.query, EPOCH, kind), kind)
+            rows, warehouse_clock = self._stage(queries, table, run_id, batch_rows)
         except (WarehouseError, WholeRunError) as exc:
             self._fail(run_id, str(exc))
             raise SyncFailed(str(exc)) from None
@@ -191,27 +188,22 @@ class SyncRunner:
                 conn,
                 run_id,
                 "preparing",
-                {
-                    "queried": self._diff.state.counts.get("warehouse_keys", rows),
-                    "duration_query_s": round(time.monotonic() - started, 3),
-                    **({"diff": self._diff.state.note} if self._diff.state.note else {}),
-                    **self._diff.state.counts,
-                },
+                {"queried": rows, "duration_query_s": round(time.monotonic() - started, 3)},
             )
         return table
 
-    def _stage(self, sql: str, table: str, run_id: str, batch_rows: int) -> tuple[int, datetime]:
-        """Stage the query's result; returns the row count and the warehouse's clock when the query began."""
+    def _stage(self, sql: str | list[str], table: str, run_id: str, batch_rows: int) -> tuple[int, datetime]:
+        """Stage the query's result (several queries' results as one: a run that retries rejected keys); returns
+        the row count and the warehouse's clock when the (first) query began."""
         config = self.project.warehouses[self.sync.warehouse]
         writer: StagingWriter | None = None
+        first = retry_rejected.FirstQueryClock()
         with (
             open_warehouse(self.sync.warehouse, config) as warehouse,
             adbc_connections(self.store.resolved_url()) as copy_connections,
         ):
-            # the run's own query reads only new and changed rows when it can
-            warehouse = self._diff.wrap(warehouse)
             try:
-                for batch in warehouse.stream(sql, batch_rows):
+                for batch in first.batches(warehouse, [sql] if isinstance(sql, str) else sql, batch_rows):
                     if writer is None:
                         names = list(batch.schema.names)
                         mapped = map_columns(names, self.fields, self.sync.name)
@@ -240,7 +232,7 @@ class SyncRunner:
             finally:
                 if writer is not None:
                     writer.close()
-            clock = warehouse.query_started_at
+            clock = first.clock
         if writer is None:
             raise WholeRunError(f"sync '{self.sync.name}': the warehouse returned no result set")
         if clock is None:
@@ -310,7 +302,7 @@ class SyncRunner:
             sync=self.sync,
             run_id=record.run_id,
             rows_table=qualified(rows_table(table)),
-            all_keys_select=diffed_keys_select(record.counts, table) or validator.all_keys_select(),
+            all_keys_select=validator.all_keys_select(),
             written_fields=validator.written_fields(),
             field_columns=validator.field_columns(),
             full_sync=record.full_sync,
@@ -341,18 +333,19 @@ class SyncRunner:
                 self._check_not_reset(conn, record)
                 ctx = self._write_context(record, table, validator, record.counts.get("planned_after_run"))
                 counts = self.destination.write(conn, ctx)
-                remember_fingerprints(
-                    conn, self.sync.name, record.counts, table, validator.columns.fields.get("email")
-                )
                 all_counts = self._counts(record, counts)
+                all_counts |= retry_rejected.settle(conn, self.sync, record, table, self.fields)
                 durations = {
                     "query": record.counts.get("duration_query_s", 0.0),
                     "validate": record.counts.get("duration_validate_s", 0.0),
                     "write": round(time.monotonic() - started, 3),
                 }
-                sync_state.set_watermark(
-                    conn, self.sync.name, next_watermark, record.run_id, self.fields.field_types
-                )
+                if retry_rejected.is_retry_only(record):
+                    next_watermark = retry_rejected.keep_watermark(conn, self.sync.name, record.run_id)
+                else:
+                    sync_state.set_watermark(
+                        conn, self.sync.name, next_watermark, record.run_id, self.fields.field_types
+                    )
                 sync_state.finish_run(
                     conn, record.run_id, "success", {**all_counts, "duration_write_s": durations["write"]}
                 )
@@ -367,7 +360,6 @@ class SyncRunner:
             raise
         with self.store.begin() as conn:
             drop_run_tables(conn, table)
-            drop_keys_table(conn, table)
         self._abandon_older_runs(record)
         return SyncOutcome(
             sync_name=self.sync.name,
@@ -409,8 +401,6 @@ class SyncRunner:
         base["duplicates_merged"] = record.counts.get("duplicates_merged", 0)
         if record.counts.get("retyped_fields"):
             base["retyped_fields"] = record.counts["retyped_fields"]
-        base["unchanged"] += unchanged_without_reading(record.counts)
-        base.update({k: record.counts[k] for k in ("warehouse_keys", "fetched_rows") if k in record.counts})
         order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
         return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
 
@@ -470,7 +460,6 @@ class SyncRunner:
             self._previewing = False
             with self.store.begin() as conn:
                 drop_run_tables(conn, table)
-                drop_keys_table(conn, table)
                 sync_state.discard_preview_run(conn, run_id)
         all_counts = {
             "queried": validation.queried,

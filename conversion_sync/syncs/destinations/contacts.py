@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from conversion_sync.config.store_schema import STANDARD_CONTACT_FIELDS, StoreSchemaConfig
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store import trace
 from conversion_sync.store.contacts import incoming_wins_sql, lock_identities, trimmed_email_sql
 from conversion_sync.store.sql_text import (
     column_ref,
@@ -315,6 +316,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         if writers.applies_removals(ctx, counts.removed):
             _remove_contacts(conn, ctx, fields, counts)
         writers.forget_removed(conn, ctx)
+        trace.record_run(conn, ctx)  # the per-key history (store/trace.py)
         writers.drop_writes(conn, plan.view)
         return counts
 

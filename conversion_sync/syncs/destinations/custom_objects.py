@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from conversion_sync.config.store_schema import StoreSchemaConfig
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store import trace
 from conversion_sync.store.contacts import lock_identities, trimmed_email_sql
 from conversion_sync.store.sql_text import column_ref, quote_literal, text_array_sql
 from conversion_sync.syncs import writers
@@ -239,6 +240,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         if writers.applies_removals(ctx, counts.removed):
             _remove_objects(conn, ctx, params, counts)
         writers.forget_removed(conn, ctx)
+        trace.record_run(conn, ctx)  # the per-key history (store/trace.py)
         writers.drop_writes(conn, plan.view)
         return counts
 

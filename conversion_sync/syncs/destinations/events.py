@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from conversion_sync.config.store_schema import StoreSchemaConfig
 from conversion_sync.config.syncs import SyncConfig
+from conversion_sync.store import trace
 from conversion_sync.store.contacts import lock_identities, trimmed_email_sql
 from conversion_sync.store.sql_text import json_object_sql
 from conversion_sync.syncs import writers
@@ -141,6 +142,7 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     total = conn.exec_driver_sql(accepted_rows_sql(ctx.rows_table)).scalar_one()
     create = ctx.sync.mode != "update"
     counts.contacts_created = writers.resolve_emails(conn, ctx, create=create)
+    trace.record_run(conn, ctx)  # the per-key history (store/trace.py), of the events the insert writes
     inserted = conn.exec_driver_sql(INSERT_EVENTS, writers.write_params(ctx)).rowcount
     if not create:  # mode update: events of emails with no contact are skipped (and not stored since)
         counts.skipped = conn.exec_driver_sql(COUNT_WITHOUT_CONTACT).scalar_one()

@@ -1,0 +1,141 @@
+"""`conversion-sync trace`: every run that wrote, declined, rejected or removed a key, from which sync, with values."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from conversion_sync.cli import main
+from conversion_sync.store.connection import store_engine
+from conversion_sync.store.trace import key_history
+
+from .conftest import SyncWorld
+
+
+def _trace(world: SyncWorld, key: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--config", str(world.dir), "trace", key])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def two_syncs(world: SyncWorld, monkeypatch: pytest.MonkeyPatch) -> SyncWorld:
+    monkeypatch.setenv("CONVERSION_STORE_URL", world.store_url)
+    world.warehouse(
+        """CREATE TABLE users (email VARCHAR, first_name VARCHAR, seats VARCHAR, updated_at TIMESTAMP);
+        INSERT INTO users VALUES ('Ann@Example.com', 'Ann', '2', TIMESTAMP '2024-01-01 10:00:00'),
+                                 ('bob@example.com', 'Bob', '3', TIMESTAMP '2024-01-01 10:00:00');
+        CREATE TABLE crm (email VARCHAR, first_name VARCHAR, updated_at TIMESTAMP);
+        INSERT INTO crm VALUES ('ann@example.com', 'Annette', TIMESTAMP '2024-03-01 00:00:00');
+        CREATE TABLE products (id VARCHAR, email VARCHAR, name VARCHAR, price VARCHAR);
+        INSERT INTO products VALUES ('p-1', 'ann@example.com', 'Widget', '9.5')"""
+    )
+    world.add_sync("users", "SELECT * FROM users", delete_behavior="clear_fields", max_removed="100%")
+    world.add_sync("crm", "SELECT * FROM crm")
+    world.add_sync(
+        "products", "SELECT * FROM products", destination={"type": "custom_objects", "object_type": "product"}
+    )
+    return world
+
+
+def test_trace_shows_writes_rejections_and_removals_across_two_syncs(two_syncs: SyncWorld) -> None:
+    world = two_syncs
+    added = world.run("users")
+    assert added.counts["added"] == 2
+    # crm brings a newer first name: a change, from another sync
+    assert world.run("crm").counts["changed"] == 1
+    # users sends ann again with a bad seats value: rejected, nothing written
+    world.warehouse(
+        "UPDATE users SET seats = 'many', updated_at = TIMESTAMP '2024-02-01 00:00:00' WHERE first_name = 'Ann'"
+    )
+    rejected = world.run("users")
+    assert rejected.counts["rejected"] == 1
+    # then ann is sent with an older name than crm's: declined by the merge rule (seats still lands)
+    world.warehouse("UPDATE users SET seats = '5' WHERE first_name = 'Ann'")
+    declined = world.run("users")
+    assert declined.counts["changed"] == 1
+    # bob leaves the users table: removed (clear_fields)
+    world.warehouse("DELETE FROM users WHERE first_name = 'Bob'")
+    removed = world.run("users")
+    assert removed.counts["removed"] == 1
+    # a custom object related to ann, traced by its id and by her e-mail
+    assert world.run("products").counts["added"] == 1
+
+    with store_engine(world.store_url).connect() as conn:
+        history = key_history(conn, "  ANN@example.com ")
+        bob = key_history(conn, "bob@example.com")
+    assert [(e.sync_name, e.run_id, e.action) for e in history] == [
+        ("users", added.run_id, "added"),
+        ("crm", history[1].run_id, "changed"),
+        ("users", rejected.run_id, "rejected"),
+        ("users", declined.run_id, "changed"),
+        # a row with a declined value keeps no fingerprint, so the next run sends it again: declined again
+        ("users", removed.run_id, "declined"),
+        ("products", history[5].run_id, "added"),
+    ]
+    assert history[0].values == {"first_name": "Ann", "seats": 2}
+    assert history[1].values == {"first_name": "Annette"}
+    assert (
+        history[2].code == "invalid_field_value" and history[2].message == "seats: 'many' is not an integer"
+    )
+    assert history[2].values is not None and history[2].values["seats"] == "many"
+    assert history[3].values == {
+        "first_name": "Ann",
+        "seats": 5,
+    }  # what the run brought (the name was declined)
+    assert history[5].key == "p-1 / ann@example.com"
+    assert history[5].values == {"name": "Widget", "price": 9.5}
+    assert [(e.run_id, e.action, e.values) for e in bob] == [
+        (added.run_id, "added", {"first_name": "Bob", "seats": 3}),
+        (removed.run_id, "removed", {"delete_behavior": "clear_fields"}),
+    ]
+
+    code, out = _trace(world, "ann@example.com")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"users  run {added.run_id}  added     ann@example.com" in lines[0]
+    assert lines[1] == '    {"first_name": "Ann", "seats": 2}'
+    assert any(f"users  run {rejected.run_id}  rejected  Ann@Example.com" in line for line in lines)
+    assert "    [invalid_field_value] seats: 'many' is not an integer" in lines
+
+    code, out = _trace(world, "p-1")
+    assert code == 0 and "products" in out and "Widget" in out and "users" not in out
+    code, out = _trace(world, "bob@example.com")
+    assert (
+        code == 0 and "  added  " in out and f"run {removed.run_id}  removed" in out and "changed" not in out
+    )
+
+
+def test_a_declined_write_is_traced_as_declined(two_syncs: SyncWorld) -> None:
+    world = two_syncs
+    world.run("crm")
+    world.run("users")  # ann's name from users (January) is older than crm's (March)
+    world.warehouse("UPDATE users SET first_name = 'Anne', updated_at = TIMESTAMP '2024-01-02 00:00:00'")
+    world.run("users")
+    with store_engine(world.store_url).connect() as conn:
+        actions = [(e.sync_name, e.action) for e in key_history(conn, "ann@example.com")]
+    assert actions == [("crm", "added"), ("users", "changed"), ("users", "declined")]
+
+
+def test_unknown_key_and_a_trace_turned_off(two_syncs: SyncWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = two_syncs
+    code, out = _trace(world, "nobody@example.com")
+    assert code == 1 and "no run wrote, rejected or removed 'nobody@example.com' in the last 90 days" in out
+    monkeypatch.setenv("CONVERSION_TRACE_RETENTION_DAYS", "0")
+    world.run("users")
+    assert world.scalar("SELECT count(*) FROM sync_key_trace") == 0
+
+
+def test_history_past_the_retention_is_pruned_by_the_next_run(two_syncs: SyncWorld) -> None:
+    world = two_syncs
+    world.run("users")
+    world.sql("UPDATE sync_key_trace SET recorded_at = now() - interval '91 days' RETURNING 1")
+    world.run("crm")  # another sync's run prunes only its own history
+    assert world.scalar("SELECT count(*) FROM sync_key_trace WHERE sync_name = 'users'") == 2
+    world.warehouse("UPDATE users SET seats = '9'")
+    world.run("users")
+    assert world.sql(
+        "SELECT action, email_norm FROM sync_key_trace WHERE sync_name = 'users' ORDER BY 2"
+    ) == [
+        ("changed", "ann@example.com"),
+        ("changed", "bob@example.com"),
+    ]
