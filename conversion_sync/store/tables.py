@@ -257,6 +257,62 @@ sync_rejections = sa.Table(
     sa.Index("sync_rejections_run", "sync_name", "run_id"),
 )
 
+sync_key_trace = sa.Table(
+    "sync_key_trace",
+    metadata,
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("sync_name", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),  # added | changed | declined | removed
+    sa.Column("email_norm", sa.Text),
+    sa.Column("object_id", sa.Text),
+    sa.Column("fields", JSONB),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("sync_key_trace_email", "email_norm", postgresql_where=sa.text("email_norm IS NOT NULL")),
+    sa.Index("sync_key_trace_object", "object_id", postgresql_where=sa.text("object_id IS NOT NULL")),
+    sa.Index("sync_key_trace_recorded", "recorded_at", postgresql_using="brin"),
+)
+"""Per key, every run that wrote, declined or removed it (store/trace.py); pruned after the retention."""
+
+sync_rejected_keys = sa.Table(
+    "sync_rejected_keys",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("key_value", sa.Text, primary_key=True),
+    sa.Column("key_column", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("column_name", sa.Text),
+    sa.Column("code", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("retry_run_id", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("resolved_run_id", sa.Text),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Column("resolution", sa.Text),
+    sa.Index("sync_rejected_keys_open", "sync_name", postgresql_where=sa.text("resolved_at IS NULL")),
+)
+"""Rejected key values per sync, until a later run accepts them (syncs/retry_rejected.py)."""
+
+sync_warehouse_fingerprints = sa.Table(
+    "sync_warehouse_fingerprints",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("source_key", sa.Text, primary_key=True),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+)
+"""Per sync and source key: the fingerprint the warehouse computed over the row the store last received
+(migration 0014; syncs/warehouse_diff.py)."""
+
+sync_warehouse_diff = sa.Table(
+    "sync_warehouse_diff",
+    metadata,
+    sa.Column("sync_name", sa.Text, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+"""Per sync: what its warehouse fingerprints were computed from; another spec means a full read (migration 0014)."""
+
 salesforce_push_state = sa.Table(
     "salesforce_push_state",
     metadata,
@@ -281,23 +337,3 @@ salesforce_push_state = sa.Table(
     ),
 )
 """Per-contact state of the Salesforce contact push (conversion_sync.salesforce.push)."""
-
-sync_warehouse_fingerprints = sa.Table(
-    "sync_warehouse_fingerprints",
-    metadata,
-    sa.Column("sync_name", sa.Text, primary_key=True),
-    sa.Column("source_key", sa.Text, primary_key=True),
-    sa.Column("row_key", sa.Text, nullable=False),
-    sa.Column("fingerprint", sa.Text, nullable=False),
-)
-"""Per sync and source key: the fingerprint the warehouse computed over the row the store last received
-(migration 0014; syncs/warehouse_diff.py)."""
-
-sync_warehouse_diff = sa.Table(
-    "sync_warehouse_diff",
-    metadata,
-    sa.Column("sync_name", sa.Text, primary_key=True),
-    sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
-)
-"""Per sync: what its warehouse fingerprints were computed from; another spec means a full read (migration 0014)."""

@@ -41,6 +41,13 @@ from conversion_sync.syncs.validation import (
     map_columns,
     rows_table,
 )
+from conversion_sync.syncs.warehouse_diff import (
+    WarehouseDiff,
+    diffed_keys_select,
+    drop_keys_table,
+    remember_fingerprints,
+    unchanged_without_reading,
+)
 from conversion_sync.syncs.writers import RemovalRefused, WriteContext, WriteCounts
 from conversion_sync.warehouses import WarehouseError, open_warehouse
 from conversion_sync.warehouses.base import source_type
@@ -98,6 +105,8 @@ class SyncRunner:
 
     _previewing = False
     """True while preview() runs the query step: the run record is a preview's."""
+    _diff: WarehouseDiff
+    """The query step's in-warehouse diffing (syncs/warehouse_diff.py)."""
 
     def __init__(
         self,
@@ -171,6 +180,14 @@ class SyncRunner:
                 retry = retry_rejected.plan_retry(conn, self.sync, run_id, self.mode, reads_all)
             if retyped:
                 sync_state.set_phase(conn, run_id, "querying", {"retyped_fields": len(retyped)})
+        self._diff = WarehouseDiff(
+            self.sync,
+            kind,
+            self.store,
+            table,
+            render_query(self.sync.query, used, kind),
+            retyped=bool(retyped),
+        )
         started = time.monotonic()
         try:
             sql = render_query(self.sync.query, used, kind)
@@ -188,7 +205,12 @@ class SyncRunner:
                 conn,
                 run_id,
                 "preparing",
-                {"queried": rows, "duration_query_s": round(time.monotonic() - started, 3)},
+                {
+                    "queried": self._diff.state.counts.get("warehouse_keys", rows),
+                    "duration_query_s": round(time.monotonic() - started, 3),
+                    **({"diff": self._diff.state.note} if self._diff.state.note else {}),
+                    **self._diff.state.counts,
+                },
             )
         return table
 
@@ -202,6 +224,8 @@ class SyncRunner:
             open_warehouse(self.sync.warehouse, config) as warehouse,
             adbc_connections(self.store.resolved_url()) as copy_connections,
         ):
+            # the run's own query reads only new and changed rows when it can
+            warehouse = self._diff.wrap(warehouse)
             try:
                 for batch in first.batches(warehouse, [sql] if isinstance(sql, str) else sql, batch_rows):
                     if writer is None:
@@ -302,7 +326,7 @@ class SyncRunner:
             sync=self.sync,
             run_id=record.run_id,
             rows_table=qualified(rows_table(table)),
-            all_keys_select=validator.all_keys_select(),
+            all_keys_select=diffed_keys_select(record.counts, table) or validator.all_keys_select(),
             written_fields=validator.written_fields(),
             field_columns=validator.field_columns(),
             full_sync=record.full_sync,
@@ -333,6 +357,9 @@ class SyncRunner:
                 self._check_not_reset(conn, record)
                 ctx = self._write_context(record, table, validator, record.counts.get("planned_after_run"))
                 counts = self.destination.write(conn, ctx)
+                remember_fingerprints(
+                    conn, self.sync.name, record.counts, table, validator.columns.fields.get("email")
+                )
                 all_counts = self._counts(record, counts)
                 all_counts |= retry_rejected.settle(conn, self.sync, record, table, self.fields)
                 durations = {
@@ -360,6 +387,7 @@ class SyncRunner:
             raise
         with self.store.begin() as conn:
             drop_run_tables(conn, table)
+            drop_keys_table(conn, table)
         self._abandon_older_runs(record)
         return SyncOutcome(
             sync_name=self.sync.name,
@@ -401,6 +429,8 @@ class SyncRunner:
         base["duplicates_merged"] = record.counts.get("duplicates_merged", 0)
         if record.counts.get("retyped_fields"):
             base["retyped_fields"] = record.counts["retyped_fields"]
+        base["unchanged"] += unchanged_without_reading(record.counts)
+        base.update({k: record.counts[k] for k in ("warehouse_keys", "fetched_rows") if k in record.counts})
         order = ["queried", "added", "changed", "unchanged", "removed", "rejected", "skipped"]
         return {k: base[k] for k in order} | {k: v for k, v in base.items() if k not in order}
 
@@ -460,6 +490,7 @@ class SyncRunner:
             self._previewing = False
             with self.store.begin() as conn:
                 drop_run_tables(conn, table)
+                drop_keys_table(conn, table)
                 sync_state.discard_preview_run(conn, run_id)
         all_counts = {
             "queried": validation.queried,
