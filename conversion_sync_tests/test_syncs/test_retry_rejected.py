@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
 from conversion_sync.cli import main
+from conversion_sync.definitions import build_definitions
+from conversion_sync.defs.warehouse_syncs import asset_key
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.syncs.retry_rejected import filtered_query
 from conversion_sync.syncs.runner import SyncRunner
@@ -180,3 +185,38 @@ def test_retry_queries_quote_per_dialect(kind: str, expected: str) -> None:
     sql = filtered_query("SELECT email FROM t", "email", ["a@x.io", "o'b@x.io"], kind)
     assert sql == f"SELECT * FROM (\nSELECT email FROM t\n) AS conversion_retry WHERE {expected}"
     assert filtered_query("SELECT 1", None, [], kind).endswith("WHERE 1 = 0")
+
+
+def _mode(mode: str) -> dict[str, Any]:
+    return {"ops": {"users_steps": {"ops": {"users_query": {"config": {"mode": mode}}}}}}
+
+
+def test_the_dagster_job_takes_the_cli_choices_as_run_config(users: SyncWorld) -> None:
+    world = users
+    with dg.instance_for_test() as instance:
+
+        def run(mode: str | None) -> dict[str, Any]:
+            defs = build_definitions(world.project())
+            job = defs.resolve_job_def("sync_users")
+            result = job.execute_in_process(instance=instance, run_config=_mode(mode) if mode else None)
+            assert result.success
+            event = instance.get_latest_materialization_event(asset_key("users"))
+            assert event is not None and event.asset_materialization is not None
+            return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+
+        first = run(None)  # no run config: a normal run
+        assert first["added"] == 1 and first["rejected"] == 3 and "retried" not in first
+        watermark = world.scalar("SELECT watermark FROM sync_state WHERE sync_name = 'users'")
+        (world.dir / "schema.yaml").write_text(SCHEMA_YAML.replace("seats: integer", "seats: number"))
+        retried = run("retry_rejected")
+        assert (retried["retried"], retried["recovered"], retried["still_rejected"]) == (2, 1, 1)
+        assert retried["watermark_used"] == "1970-01-01 00:00:00.000000"
+        assert world.scalar("SELECT watermark FROM sync_state WHERE sync_name = 'users'") == watermark
+        assert _contact(world, "ann@example.com") == ("Ann", 2.5)
+        resynced = run("full_resync")
+        assert resynced["watermark_used"] == "1970-01-01 00:00:00.000000" and resynced["queried"] == 4
+        assert world.scalar("SELECT reset_at FROM sync_state WHERE sync_name = 'users'") is not None
+
+        job = build_definitions(world.project()).resolve_job_def("sync_users")
+        with pytest.raises(dg.DagsterInvalidConfigError, match="not in enum type"):
+            job.execute_in_process(instance=instance, run_config=_mode("everything"))

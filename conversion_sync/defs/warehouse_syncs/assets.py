@@ -5,9 +5,10 @@ No `from __future__ import annotations` here: Dagster reads the ops' resource an
 """
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
@@ -32,11 +33,25 @@ def asset_key(sync_name: str) -> dg.AssetKey:
     return dg.AssetKey(f"sync_{sync_name}")
 
 
+class SyncRunConfig(dg.Config):
+    """A sync run's launchpad choices, as the CLI offers them (`run`, `retry-rejected`, `resync` + `run`)."""
+
+    mode: Literal["normal", "retry_rejected", "full_resync"] = Field(
+        default="normal",
+        description="normal: the sync's run; retry_rejected: only the keys earlier runs rejected, re-read from "
+        "the epoch (the watermark stays); full_resync: reset the watermark and fingerprints, then read everything",
+    )
+
+
 def _runner(
-    sync: SyncConfig, project: ProjectConfig, store: ContactStore, identity: IdentityMatcher
+    sync: SyncConfig,
+    project: ProjectConfig,
+    store: ContactStore,
+    identity: IdentityMatcher,
+    mode: Literal["normal", "retry_rejected", "full_resync"] = "normal",
 ) -> SyncRunner:
     try:
-        return SyncRunner(sync, project, store, identity)
+        return SyncRunner(sync, project, store, identity, mode=mode)
     except SyncFailed as exc:
         raise dg.Failure(description=str(exc)) from None
 
@@ -107,9 +122,11 @@ def sync_asset(
         tags={"step": "query"},
         pool=STORE_POOL,
     )
-    def query(context: dg.OpExecutionContext, contact_store: Store, identity: Matcher) -> str:
+    def query(
+        context: dg.OpExecutionContext, config: SyncRunConfig, contact_store: Store, identity: Matcher
+    ) -> str:
         try:
-            table = _runner(sync, project, contact_store, identity).query(context.run_id)
+            table = _runner(sync, project, contact_store, identity, config.mode).query(context.run_id)
         except SyncFailed as exc:
             raise dg.Failure(description=str(exc)) from None
         context.log.info(f"staged the query result in {table}")
