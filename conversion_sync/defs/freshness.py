@@ -3,14 +3,15 @@
 A scheduled asset warns after 1.5 × and fails (shown late, red) after 2 × the longest gap between two ticks
 of its schedule (a weekday 9:00 schedule's longest gap is the weekend). A sync that runs after other syncs
 (`after:`), or when its upstream syncs update (`run_on: upstream`), is expected as often as its slowest
-upstream sync and no less often than its own schedule. Manual assets, and syncs started only by tables this
-code location does not schedule, have no policy: nothing is expected of them.
+upstream sync and no less often than its own schedule. Manual assets, disabled syncs (`enabled: false`), and
+syncs started only by tables this code location does not schedule have no policy: nothing is expected of
+them.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise, takewhile
 
@@ -63,12 +64,16 @@ def sync_intervals(
 ) -> dict[str, timedelta]:
     """Each sync's expected interval, the shortest of: its own schedule's; the longest of its `after:`
     syncs' (it waits for all of them); the shortest of the syncs whose update starts it
-    (`triggering_syncs(sync)`, for run_on: upstream or both). Syncs with none of these are left out."""
+    (`triggering_syncs(sync)`, for run_on: upstream or both). Disabled syncs, and syncs with none of these,
+    are left out."""
     intervals: dict[str, timedelta | None] = {}
 
     def interval(name: str, seen: frozenset[str]) -> timedelta | None:
         if name not in intervals:
             sync = project.syncs[name]
+            if not sync.enabled:
+                intervals[name] = None  # disabled: nothing is expected of it
+                return None
 
             def known(names: Iterable[str]) -> list[timedelta]:
                 found = (interval(n, seen | {name}) for n in names if n in project.syncs and n not in seen)
@@ -89,13 +94,20 @@ def sync_intervals(
     return {name: value for name, value in intervals.items() if value is not None}
 
 
-def with_schedule_freshness(defs: dg.Definitions) -> dg.Definitions:
-    """Give every asset that has a `schedule` metadata phrase and no freshness policy yet the policy of that
-    schedule (the Salesforce poll, push and campaign reconciliation; syncs bring their own)."""
+def with_schedule_freshness(
+    defs: dg.Definitions,
+    skip: Iterable[dg.AssetKey] = (),
+    cadences: Mapping[dg.AssetKey, str] | None = None,
+) -> dg.Definitions:
+    """Give every asset that has a `schedule` metadata phrase (or a phrase in `cadences`, for an asset that
+    runs when another does) and no freshness policy yet the policy of that schedule (the Salesforce poll,
+    push and campaign reconciliation); `skip` the assets that decided already (the syncs: sync_intervals)."""
+    skipped = set(skip)
+    phrases = dict(cadences or {})
 
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
-        phrase = spec.metadata.get(SCHEDULE_METADATA)
-        if spec.freshness_policy is not None or not isinstance(phrase, str):
+        phrase = spec.metadata.get(SCHEDULE_METADATA, phrases.get(spec.key))
+        if spec.freshness_policy is not None or not isinstance(phrase, str) or spec.key in skipped:
             return spec
         try:
             policy = schedule_freshness(phrase)

@@ -13,6 +13,8 @@ from conversion_sync.defs.warehouse_syncs import asset_key
 
 POLL_KEY = dg.AssetKey("salesforce_poll")
 """The Salesforce poll writes contacts too."""
+PUSH_KEY = dg.AssetKey("salesforce_push")
+"""The Salesforce push runs after each successful poll: its cadence is the poll schedule's."""
 
 
 def with_lineage_and_freshness(defs: dg.Definitions, project: ProjectConfig) -> dg.Definitions:
@@ -27,6 +29,9 @@ def with_lineage_and_freshness(defs: dg.Definitions, project: ProjectConfig) -> 
     destinations = destination_specs(project, writers)
     defined |= {spec.key for spec in destinations}
     upstream = SyncLineage.of(project).external_specs(project, defined)
+    merged = dg.Definitions.merge(defs, dg.Definitions(assets=[*destinations, *upstream]))
     return with_schedule_freshness(
-        dg.Definitions.merge(defs, dg.Definitions(assets=[*destinations, *upstream]))
+        merged,
+        skip=[asset_key(name) for name in project.syncs],
+        cadences={PUSH_KEY: project.salesforce.poll_schedule},
     )

@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 GOOD_SYNC, BROKEN_SYNC, MINUTELY_SYNC = "contacts_from_users", "broken_sql", "minutely_products"
+STALE_SYNC = "stale_products"
+"""Enabled, every minute; its schedule is stopped (as someone would in the UI) after one run: it turns late."""
 
 ENTRIES = """label __typename
   ... on IntMetadataEntry { intValue }
@@ -68,12 +70,19 @@ SCHEDULE_QUERY = """query($selector: ScheduleSelector!) { scheduleOrError(schedu
   __typename ... on Schedule { cronSchedule scheduleState { status
     ticks(limit: 10) { status timestamp runIds skipReason error { message } } } } } }"""
 
+STOP_SCHEDULE = """mutation($id: String!) { stopRunningSchedule(id: $id) {
+  __typename ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message } } }"""
+
+SCHEDULE_ID = """query($selector: ScheduleSelector!) { scheduleOrError(scheduleSelector: $selector) {
+  __typename ... on Schedule { id scheduleState { ticks(limit: 5) { runIds } } } } }"""
+
 START_SCHEDULE = """mutation($selector: ScheduleSelector!) { startSchedule(scheduleSelector: $selector) {
   __typename ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message } } }"""
 
 
 def e2e_config(base: Path, data_dir: Path) -> Path:
-    """The demo config, trimmed to the contacts sync, plus a minutely schedule and a sync with broken SQL.
+    """The demo config, trimmed to the contacts sync, plus a minutely schedule, a sync with broken SQL, and a
+    minutely sync whose schedule is stopped (late two minutes after its one run).
 
     The contacts sync's schedule is stopped (enabled: false) so no scheduled run races the launched one, and
     its rejected-row threshold is below the demo's 4 of 504 so the check fails and alerts.
@@ -94,6 +103,11 @@ def e2e_config(base: Path, data_dir: Path) -> Path:
         'query: SELECT id, name, sku, category, updated_at FROM products\nschedule: cron "* * * * *"\n'
         "enabled: false\n"
     )
+    (config / f"{STALE_SYNC}.yaml").write_text(
+        f"name: {STALE_SYNC}\ndescription: Products every minute, but its schedule was stopped\nwarehouse: demo\n"
+        "destination: {type: custom_objects, object_type: product}\n"
+        'query: SELECT id, name, sku, category, updated_at FROM products\nschedule: cron "* * * * *"\n'
+    )
     (config / f"{BROKEN_SYNC}.yaml").write_text(
         f"name: {BROKEN_SYNC}\ndescription: SQL that names a table the warehouse does not have\n"
         "warehouse: demo\ndestination: {type: contacts}\nquery: SELECT email FROM missing_table\n"
@@ -107,6 +121,7 @@ class Session:
     receiver: WebhookReceiver
     good_run: str
     broken_run: str
+    stale_run: str
     statuses: dict[str, str]
     schedule_started_at: float
 
@@ -118,13 +133,15 @@ class Session:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """`dg dev` on a free port; the minutely schedule started; one good and one broken run launched."""
+    """`dg dev` on a free port; the stale sync's schedule stopped; the minutely schedule started; a good, a
+    broken and a stale sync's run launched."""
     base = tmp_path_factory.mktemp("e2e")
     config = e2e_config(base, base / "data")
     with (
         WebhookReceiver() as receiver,
         dagster_dev(base, config, extra_env={WEBHOOK_URL_ENV: receiver.url}) as dev,
     ):
+        stale = stop_schedule_and_run_once(dev, f"sync_{STALE_SYNC}")
         started = dev.graphql(
             START_SCHEDULE, {"selector": dev.schedule_selector(f"sync_{MINUTELY_SYNC}_schedule")}
         )
@@ -133,8 +150,22 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         client = dev.client()
         good = client.submit_job_execution(f"sync_{GOOD_SYNC}", LOCATION, REPOSITORY)
         broken = client.submit_job_execution(f"sync_{BROKEN_SYNC}", LOCATION, REPOSITORY)
-        statuses = dev.wait_for_runs([good, broken], timeout=120)
-        yield Session(dev, receiver, good, broken, statuses, schedule_started_at)
+        statuses = dev.wait_for_runs([good, broken, stale], timeout=120)
+        yield Session(dev, receiver, good, broken, stale, statuses, schedule_started_at)
+
+
+def stop_schedule_and_run_once(dev: DagsterDev, job: str) -> str:
+    """Stop the job's running schedule as someone would in the UI, and launch one run of it: the one its
+    schedule may have started already before it was stopped, else a new one."""
+    selector = dev.schedule_selector(f"{job}_schedule")
+    schedule = dev.graphql(SCHEDULE_ID, {"selector": selector})["scheduleOrError"]
+    assert schedule["__typename"] == "Schedule", schedule
+    stopped = dev.graphql(STOP_SCHEDULE, {"id": schedule["id"]})["stopRunningSchedule"]
+    assert stopped["__typename"] == "ScheduleStateResult", stopped
+    assert stopped["scheduleState"]["status"] == "STOPPED"
+    ticks = dev.graphql(SCHEDULE_ID, {"selector": selector})["scheduleOrError"]["scheduleState"]["ticks"]
+    started = [run for tick in ticks for run in tick["runIds"]]
+    return started[0] if started else dev.client().submit_job_execution(job, LOCATION, REPOSITORY)
 
 
 def entries(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,3 +318,71 @@ def test_started_schedule_ticks(ui: Session) -> None:
                 f"no tick within 75 s of starting the schedule; ticks seen: {ticks}\n{ui.dev.log_tail()}"
             )
         time.sleep(2)
+
+
+LINEAGE_QUERY = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { __typename ... on AssetNode {
+  groupName isMaterializable dependencyKeys { path } dependedByKeys { path }
+  internalFreshnessPolicy { __typename ... on TimeWindowFreshnessPolicy { failWindowSeconds warnWindowSeconds } }
+  freshnessStatusInfo { freshnessStatus freshnessStatusMetadata { lastMaterializedTimestamp } } } } }"""
+
+
+def asset_node(ui: Session, *path: str) -> dict[str, Any]:
+    node = ui.dev.graphql(LINEAGE_QUERY, {"key": {"path": list(path)}})["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode", node
+    return node
+
+
+@pytest.mark.timeout(480)
+def test_asset_graph_shows_upstream_tables_destinations_and_a_late_sync(ui: Session) -> None:
+    """The tables a sync reads are upstream of it, the store's tables downstream; a sync that ran once and
+    whose schedule is stopped turns late (DEGRADED) once its latest materialization is older than 2 minutes,
+    evaluated by the daemon, and the UI says so."""
+    good = asset_node(ui, f"sync_{GOOD_SYNC}")
+    assert {"path": ["users"]} in good["dependencyKeys"]
+    assert {"path": ["contact_store", "contacts"]} in good["dependedByKeys"]
+    table = asset_node(ui, "users")
+    assert table["groupName"] == "warehouse_tables" and table["isMaterializable"] is False
+    assert {"path": [f"sync_{GOOD_SYNC}"]} in table["dependedByKeys"]
+    contacts = asset_node(ui, "contact_store", "contacts")
+    assert {"path": ["salesforce_poll"]} in contacts["dependencyKeys"]
+
+    assert ui.statuses[ui.stale_run] == "SUCCESS", ui.dev.log_tail()
+    stale = asset_node(ui, f"sync_{STALE_SYNC}")
+    assert stale["internalFreshnessPolicy"] == {
+        "__typename": "TimeWindowFreshnessPolicy",
+        "failWindowSeconds": 120,
+        "warnWindowSeconds": 90,
+    }
+    seen = []
+    deadline = time.time() + 300
+    while True:
+        status = asset_node(ui, f"sync_{STALE_SYNC}")["freshnessStatusInfo"]
+        seen.append(status["freshnessStatus"])
+        if status["freshnessStatus"] == "DEGRADED":
+            break
+        if time.time() > deadline:
+            pytest.fail(f"sync_{STALE_SYNC} never turned late; freshness seen: {seen}\n{ui.dev.log_tail()}")
+        time.sleep(5)
+    materialized = status["freshnessStatusMetadata"]["lastMaterializedTimestamp"]
+    assert time.time() - materialized >= 120, "late only once the fail window has passed"
+    assert asset_node(ui, f"sync_{GOOD_SYNC}")["freshnessStatusInfo"] is None, "disabled: nothing expected"
+
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (make test installs it where apt-get and root are available)")
+    ui.dev.set_nux_seen()
+    # the sync group's lineage: each sync between the tables it reads and the store tables it writes
+    text = page_text(
+        render_page(
+            f"{ui.dev.url}/locations/{LOCATION}/asset-groups/warehouse_syncs",
+            screenshot=ARTIFACTS / "asset-graph-lineage.png",
+            window=(1600, 1250),
+        )
+    )
+    assert page_errors(text) == [], text[:2000]
+    for name in ("users", "products", "missing_table", f"sync_{STALE_SYNC}", "contacts", "product"):
+        assert re.search(rf"\b{name}\b", text), f"{name} not in the lineage view: {text[:2000]}"
+    text = page_text(
+        render_page(f"{ui.dev.url}/assets/sync_{STALE_SYNC}", screenshot=ARTIFACTS / "freshness-late.png")
+    )
+    assert page_errors(text) == [], text[:2000]
+    assert re.search(r"Freshness policy\s+Failed", text), text[:2000]

@@ -244,11 +244,21 @@ def test_freshness_follows_the_schedule_and_the_upstream_syncs(
     # the Salesforce poll's policy comes from its schedule phrase
     poll = graph.get(dg.AssetKey("salesforce_poll")).freshness_policy
     assert poll is not None and poll.fail_window.to_timedelta() == 2 * longest_gap("*/5 * * * *")
+    # the push runs after each poll: as often as the poll
+    assert graph.get(dg.AssetKey("salesforce_push")).freshness_policy == poll
 
     project = world.project()
     intervals = sync_intervals(project, lambda sync: ["products"] if sync.name == "owners" else [])
     assert intervals["owners"] == timedelta(minutes=15), "started by products' updates: as often as those"
     assert policy_for_interval(None) is None
+
+    # a disabled sync is expected nowhere, and neither is a sync that runs only after it
+    world.add_sync("paused", "SELECT email FROM users", schedule="hourly", enabled="false")
+    world.add_sync("after_paused", "SELECT email FROM users", after="[paused]")
+    paused_graph = build_definitions(world.project()).resolve_asset_graph()
+    assert paused_graph.get(asset_key("paused")).freshness_policy is None
+    assert paused_graph.get(asset_key("after_paused")).freshness_policy is None
+    assert paused_graph.get(asset_key("users")).freshness_policy is not None
 
 
 def test_sync_steps_run_in_the_contact_store_pool(defs: dg.Definitions) -> None:
@@ -258,3 +268,12 @@ def test_sync_steps_run_in_the_contact_store_pool(defs: dg.Definitions) -> None:
         "users_validate": "contact_store",
         "users_write": "contact_store",
     }
+
+
+def test_a_query_the_parser_cannot_read_still_loads_and_says_why(world: SyncWorld) -> None:
+    world.add_sync("odd", "SELECT email FROM users WHERE (", schedule="hourly")
+    defs = build_definitions(world.project())
+    dg.Definitions.validate_loadable(defs)
+    node = defs.resolve_asset_graph().get(asset_key("odd"))
+    assert node.parent_keys == set()
+    assert str(node.metadata["lineage_problem"]).startswith("the query could not be parsed as duckdb")

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.defs.automation import SALESFORCE_POOL
 from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.client import SalesforceApiError, SalesforceSettings
 from conversion_sync.salesforce.poller import (
@@ -156,6 +157,7 @@ def salesforce_poll_asset(
         group_name=SALESFORCE_GROUP,
         description=_description(config_, not_configured),
         kinds={"salesforce", "postgres"},
+        pool=SALESFORCE_POOL,
         metadata={"schedule": config_.poll_schedule, "objects": ", ".join(POLL_ORDER)},
         check_specs=[
             dg.AssetCheckSpec(
