@@ -350,6 +350,7 @@ class WarehouseDiff:
         params = {"sync": self.sync.name}
         fetched_rows = 0
         with self.store.begin() as conn:
+            conn.exec_driver_sql(f"ANALYZE {keys}")
             null_keys, listed = conn.exec_driver_sql(COUNT_NULL_KEYS.format(keys=keys)).one()
             self._check_max_rows(listed)
             to_fetch = conn.exec_driver_sql(fetch_plan_sql(keys), params).rowcount
@@ -463,9 +464,15 @@ def remember_fingerprints(
             conn.exec_driver_sql(forget_unlisted_sql(keys), params)
     else:
         conn.exec_driver_sql(FORGET_ALL, params)
-    conn.exec_driver_sql(
-        remember_sql(keys, qualified(table), qualified(rows_table(table)), email_column), params
-    )
+    # hash joins whatever the statistics of the run's tables say (a nested loop over a million keys never ends)
+    nestloop = conn.exec_driver_sql("SELECT current_setting('enable_nestloop')").scalar_one()
+    conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+    try:
+        conn.exec_driver_sql(
+            remember_sql(keys, qualified(table), qualified(rows_table(table)), email_column), params
+        )
+    finally:
+        conn.exec_driver_sql("SELECT set_config('enable_nestloop', %s, true)", (nestloop,))
     conn.exec_driver_sql(SAVE_SPEC, {**params, "spec": spec})
 
 
