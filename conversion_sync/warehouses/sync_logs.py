@@ -20,7 +20,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.secrets import MissingEnvironmentVariable, resolve_setting
-from conversion_sync.config.warehouses import DuckDBWarehouseConfig, PostgresWarehouseConfig
+from conversion_sync.config.warehouses import (
+    DuckDBWarehouseConfig,
+    PostgresWarehouseConfig,
+    SnowflakeWarehouseConfig,
+)
 from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
 
@@ -29,7 +33,7 @@ REJECTIONS_TABLE = "sync_rejections"
 COUNT_COLUMNS = ("queried", "added", "changed", "unchanged", "removed", "rejected", "skipped")
 CHUNK_ROWS = 5_000
 """Rejected rows are copied from the store to the warehouse in chunks of this many rows."""
-SUPPORTED_KINDS = ("duckdb", "postgres")
+SUPPORTED_KINDS = ("duckdb", "postgres", "snowflake")
 
 _log = logging.getLogger(__name__)
 
@@ -325,7 +329,110 @@ class PostgresSyncLogWriter(SyncLogWriter):
         return written
 
 
-def _schema_of(config: DuckDBWarehouseConfig | PostgresWarehouseConfig) -> str:
+SNOWFLAKE_TYPES = {
+    "VARCHAR": "VARCHAR",
+    "TIMESTAMPTZ": "TIMESTAMP_TZ",
+    "DOUBLE": "FLOAT",
+    "BIGINT": "NUMBER(38, 0)",
+    "JSON": "VARIANT",
+}
+"""The runs and rejections tables' DuckDB column types in Snowflake (JSON columns are VARIANT)."""
+
+
+class SnowflakeSyncLogWriter(SyncLogWriter):
+    """Sync logs in a Snowflake schema, through the Snowflake connector with the warehouse's own settings.
+
+    One transaction per append: the run's earlier entries deleted, its summary inserted, its rejected rows
+    inserted one chunk per statement (`INSERT … SELECT … FROM VALUES`, JSON text parsed into VARIANT by
+    `PARSE_JSON`). The role needs CREATE SCHEMA (or an existing schema) and INSERT/DELETE on the tables.
+    """
+
+    kind = "snowflake"
+
+    def __init__(self, warehouse_name: str, config: SnowflakeWarehouseConfig) -> None:
+        super().__init__(warehouse_name, _schema_of(config))
+        self.config = config
+
+    def append(self, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
+        from conversion_sync.warehouses.snowflake import SnowflakeWarehouse
+
+        warehouse = SnowflakeWarehouse(self.warehouse_name, self.config)
+        try:
+            conn = warehouse._connect()
+            return self._append(conn, run, rejected)
+        except SyncLogError:
+            raise
+        except Exception as exc:
+            raise SyncLogError(f"{self.label}: {warehouse._scrub(f'{type(exc).__name__}: {exc}')}") from None
+        finally:
+            warehouse.close()
+
+    def _append(self, conn: Any, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
+        schema = _duckdb_identifier(self.schema)
+        runs, rejections = (
+            f"{schema}.{_duckdb_identifier(RUNS_TABLE)}",
+            f"{schema}.{_duckdb_identifier(REJECTIONS_TABLE)}",
+        )
+        logged_at = datetime.now(UTC)
+        written = 0
+        cur = conn.cursor()
+        try:
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            for table, columns in ((runs, RUN_COLUMNS), (rejections, REJECTION_COLUMNS)):
+                body = ", ".join(
+                    f"{_duckdb_identifier(name)} {SNOWFLAKE_TYPES[duck]}" for name, duck, _ in columns
+                )
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
+            cur.execute("BEGIN")
+            for table in (runs, rejections):
+                cur.execute(
+                    f'DELETE FROM {table} WHERE "sync_name" = %s AND "run_id" = %s',
+                    (run.sync_name, run.run_id),
+                )
+            cur.execute(*_snowflake_insert(runs, RUN_COLUMNS, [run.values(logged_at)]))
+            for chunk in rejected:
+                if not chunk:
+                    continue
+                rows = [
+                    dict(
+                        zip(
+                            [n for n, _, _ in REJECTION_COLUMNS],
+                            (run.sync_name, run.run_id, *row, logged_at),
+                            strict=True,
+                        )
+                    )
+                    for row in chunk
+                ]
+                cur.execute(*_snowflake_insert(rejections, REJECTION_COLUMNS, rows))
+                written += len(chunk)
+            cur.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+        return written
+
+
+def _snowflake_insert(
+    table: str, columns: tuple[tuple[str, str, str], ...], rows: list[dict[str, Any]]
+) -> tuple[str, list[Any]]:
+    """One INSERT … SELECT … FROM VALUES of every row (JSON columns through PARSE_JSON), with its parameters."""
+    names = [name for name, _, _ in columns]
+    row = "(" + ", ".join("%s" for _ in names) + ")"
+    selected = ", ".join(
+        f"PARSE_JSON(column{i + 1})" if duck == "JSON" else f"column{i + 1}"
+        for i, (_, duck, _) in enumerate(columns)
+    )
+    statement = (
+        f"INSERT INTO {table} ({', '.join(_duckdb_identifier(n) for n in names)}) "
+        f"SELECT {selected} FROM VALUES {', '.join(row for _ in rows)}"
+    )
+    return statement, [r[n] for r in rows for n in names]
+
+
+def _schema_of(config: DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig) -> str:
     if config.sync_logs is None:
         raise SyncLogError("sync_logs is not configured for this warehouse")
     return config.sync_logs.schema_
@@ -366,7 +473,7 @@ def _rejections_arrow(run: RunLog, chunk: Sequence[RejectedRow], logged_at: date
 def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
     """The writer for a warehouse's `sync_logs`, or None when it has none.
 
-    Raises SyncLogError for warehouse kinds that cannot hold sync logs yet (Snowflake, BigQuery).
+    Raises SyncLogError for warehouse kinds that cannot hold sync logs yet (BigQuery).
     """
     if getattr(config, "sync_logs", None) is None:
         return None
@@ -374,9 +481,11 @@ def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
         return DuckDBSyncLogWriter(warehouse_name, config)
     if isinstance(config, PostgresWarehouseConfig):
         return PostgresSyncLogWriter(warehouse_name, config)
+    if isinstance(config, SnowflakeWarehouseConfig):
+        return SnowflakeSyncLogWriter(warehouse_name, config)
     raise SyncLogError(
         f"warehouse '{warehouse_name}' ({config.type}): sync_logs is supported on "
-        f"{' and '.join(SUPPORTED_KINDS)} warehouses only"
+        f"{', '.join(SUPPORTED_KINDS)} warehouses only"
     )
 
 

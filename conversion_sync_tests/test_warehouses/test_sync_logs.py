@@ -15,12 +15,11 @@ import pytest
 from psycopg import sql
 
 from conversion_sync.config import ProjectConfig, load_project_config
-from conversion_sync.config.warehouses import SnowflakeWarehouseConfig
 from conversion_sync.definitions import build_definitions
 from conversion_sync.defs.alerts import alert_sensors
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.warehouses import sync_logs
-from conversion_sync.warehouses.sync_logs import SyncLogError, sync_log_writer, write_sync_log
+from conversion_sync.warehouses.sync_logs import write_sync_log
 
 SCHEMA = "conversion_logs"
 PEOPLE = [
@@ -203,12 +202,3 @@ def test_a_log_that_cannot_be_written_is_a_warning_not_a_failed_sync(
     ]
     assert len(warnings) == 1 and "was not written" in warnings[0] and f"schema '{SCHEMA}'" in warnings[0]
     assert warehouse.query("SELECT count(*) FROM logs.sync_runs") == [(0,)], "nothing half-written"
-
-
-def test_snowflake_and_bigquery_say_sync_logs_are_not_supported() -> None:
-    config = SnowflakeWarehouseConfig.model_validate(
-        {"type": "snowflake", "account": "a", "user": "u", "sync_logs": {"schema": "logs"}}
-    )
-    with pytest.raises(SyncLogError, match="supported on duckdb and postgres warehouses only"):
-        sync_log_writer("analytics", config)
-    assert sync_log_writer("analytics", config.model_copy(update={"sync_logs": None})) is None
