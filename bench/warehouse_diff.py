@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def main(rows: int) -> dict[str, Any]:
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     warehouse_server.cleanup()
     store_server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
     return results
 
 
