@@ -163,6 +163,11 @@ def _staged_key(
     return column, staged
 
 
+RETRY_KEY_MAX_LENGTH = 1000
+"""A rejected key longer than this (a malformed id, say) is not kept for retry: it could not be indexed
+(Postgres refuses index rows over 8 kB) and no warehouse key is that long; it counts as a row without a key."""
+
+
 def keep_rejections_sql(stage: str, staged: str) -> str:
     """Upsert the run's rejected key values (one per value: the first rejection); a key rejected again takes the
     new reason and is open again."""
@@ -172,6 +177,7 @@ def keep_rejections_sql(stage: str, staged: str) -> str:
         SELECT DISTINCT ON ({key}) %(sync)s, {key}, %(column)s, j.run_id, j.column_name, j.code, j.message, j.created_at
         FROM sync_rejections j JOIN {stage} s ON s."{ROW_NUMBER}" = (j.row ->> '_row_number')::bigint
         WHERE j.sync_name = %(sync)s AND j.run_id = %(run)s AND nullif(btrim({key}), '') IS NOT NULL
+            AND length({key}) <= {RETRY_KEY_MAX_LENGTH}
         ORDER BY {key}, j.id
         ON CONFLICT (sync_name, key_value) DO UPDATE SET key_column = EXCLUDED.key_column, run_id = EXCLUDED.run_id,
             column_name = EXCLUDED.column_name, code = EXCLUDED.code, message = EXCLUDED.message,
@@ -180,7 +186,11 @@ def keep_rejections_sql(stage: str, staged: str) -> str:
 
 def keyless_rejections_sql(stage: str, staged: str | None) -> str:
     """The run's rejected rows that have no key value to re-read them by."""
-    blank = f"nullif(btrim(s.\"{staged}\"), '') IS NULL" if staged else "true"
+    blank = (
+        f'(nullif(btrim(s."{staged}"), \'\') IS NULL OR length(s."{staged}") > {RETRY_KEY_MAX_LENGTH})'
+        if staged
+        else "true"
+    )
     return f"""SELECT count(*) FROM sync_rejections j JOIN {stage} s ON s."{ROW_NUMBER}" = (j.row ->> '_row_number')::bigint
         WHERE j.sync_name = %(sync)s AND j.run_id = %(run)s AND {blank}"""
 
