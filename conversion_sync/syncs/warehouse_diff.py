@@ -48,8 +48,10 @@ from conversion_sync.warehouses.fingerprint import (
     probe_query,
 )
 
-AUTO_KINDS = ("postgres", "snowflake", "bigquery")
-"""Warehouses across a network, where `diff_in_warehouse: auto` diffs (a local DuckDB file reads faster whole)."""
+AUTO_KINDS = ("postgres", "snowflake")
+"""Warehouses across a network, where `diff_in_warehouse: auto` diffs (a local DuckDB file reads faster whole).
+BigQuery needs `always`: its fingerprint SQL is checked only through sqlglot, and the BigQuery stand-in (DuckDB)
+lacks TO_JSON_STRING."""
 FETCH_KEYS_PER_QUERY = 5_000
 FETCH_TEXT_PER_QUERY = 200_000
 """A fetch query lists at most this many keys, or this many characters of keys (statement size limits)."""
