@@ -1,21 +1,27 @@
 """Per-key history: which runs wrote, declined, removed or rejected a key, with the values they brought.
 
 Writes are recorded by `record_run`, one INSERT … SELECT from the run's staged writes (`_writes`) and removed keys
-(`_removed`), in the transaction of the merge: a key is traced exactly when its write commits. Rejections are not
-copied: `sync_rejections` already holds them per run, and `key_history` reads both. The history is bounded:
-rows older than the retention (CONVERSION_TRACE_RETENTION_DAYS, default 90; 0 turns the trace off) are pruned
-per sync, set-based, by the same call.
+(`_removed`), in the transaction of the merge. A sync's first large load (every row a new record) is traced
+instead on a connection of its own while the merge runs (`TraceAside`, on a second core), from the committed rows
+table. Either way a trace row counts only once its run is recorded successful, which happens in the merge's
+transaction: `key_history` reads the rows of successful runs, so a key is traced exactly when its write commits.
+Rejections are not copied: `sync_rejections` already holds them per run, and `key_history` reads both. The
+history is bounded: rows older than the retention (CONVERSION_TRACE_RETENTION_DAYS, default 90; 0 turns the trace
+off) are pruned per sync, set-based, by the same call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from conversion_sync.store.connection import prepare_bulk_transaction
 from conversion_sync.store.contacts import email_key_sql
 from conversion_sync.store.sql_text import column_ref, json_object_sql
 
@@ -54,10 +60,24 @@ def _written_fields(ctx: WriteContext) -> str:
     return json_object_sql([(f, column_ref("w", c)) for f, c in ctx.field_columns.items()])
 
 
+def _object_fields(ctx: WriteContext) -> str:
+    """An object row's written fields with its relationship's."""
+    return (
+        f"{_written_fields(ctx)} || jsonb_strip_nulls(jsonb_build_object('relationshipFields', w.rel_fields))"
+    )
+
+
 def _removed_sql(email_norm: str, object_id: str) -> str:
     return f"""SELECT %(run_id)s, %(sync)s, 'removed', {email_norm}, {object_id},
                       jsonb_build_object('delete_behavior', %(delete_behavior)s::text)
                FROM _removed"""
+
+
+REMOVED_CONTACTS = _removed_sql("row_key", "NULL")
+REMOVED_OBJECTS = _removed_sql(
+    "nullif(split_part(row_key, chr(31), 2), '')", "split_part(row_key, chr(31), 1)"
+)
+"""Removed keys: a contacts row key is the e-mail; an object's is its id and e-mail joined by chr(31)."""
 
 
 def contacts_trace_sql(ctx: WriteContext) -> str:
@@ -69,14 +89,12 @@ def contacts_trace_sql(ctx: WriteContext) -> str:
         CROSS JOIN LATERAL (SELECT CASE WHEN w.contact_id IS NULL THEN 'added' WHEN c.{MINE} THEN 'changed'
                                         WHEN w.declined THEN 'declined' END AS action) t
         WHERE NOT w.skip AND t.action IS NOT NULL
-        UNION ALL {_removed_sql("row_key", "NULL")}"""
+        UNION ALL {REMOVED_CONTACTS}"""
 
 
 def custom_objects_trace_sql(ctx: WriteContext) -> str:
     """Custom objects: a row traced when this transaction created or changed its object or relationship."""
-    fields = (
-        f"{_written_fields(ctx)} || jsonb_strip_nulls(jsonb_build_object('relationshipFields', w.rel_fields))"
-    )
+    fields = _object_fields(ctx)
     created = f"((o.{MINE} AND o.created_at = now()) OR coalesce(r.{MINE} AND r.created_at = now(), false))"
     return f"""{_INSERT}
         SELECT %(run_id)s, %(sync)s, CASE WHEN {created} THEN 'added' ELSE 'changed' END, w.email_norm, w.object_id,
@@ -87,7 +105,7 @@ def custom_objects_trace_sql(ctx: WriteContext) -> str:
         LEFT JOIN object_relationships r
                ON r.object_type = %(object_type)s AND r.object_id = w.object_id AND r.contact_id = rl.contact_id
         WHERE NOT w.skip AND (o.{MINE} OR coalesce(r.{MINE}, false))
-        UNION ALL {_removed_sql("nullif(split_part(row_key, chr(31), 2), '')", "split_part(row_key, chr(31), 1)")}"""
+        UNION ALL {REMOVED_OBJECTS}"""
 
 
 EVENTS_TRACE = f"""{_INSERT}
@@ -98,25 +116,88 @@ EVENTS_TRACE = f"""{_INSERT}
 has a contact are the ones the insert writes (under the identity lock nothing else inserts events)."""
 
 
-def record_run(conn: sa.Connection, ctx: WriteContext) -> None:
-    """Trace the keys this run writes, declines or removes (one INSERT … SELECT), and prune the sync's history
-    past the retention. Call in the write transaction, after the merge statements and before `_writes` is dropped
-    (events: before their insert). Does nothing in a dry run or when the trace is off."""
-    days = retention_days()
-    if ctx.dry_run or days == 0:
-        return
-    kind = ctx.sync.destination.type
-    statement = {
-        "contacts": contacts_trace_sql,
-        "custom_objects": custom_objects_trace_sql,
-    }.get(kind, lambda _ctx: EVENTS_TRACE)(ctx)
-    params = {
+def first_load_trace_sql(ctx: WriteContext) -> str:
+    """A first load's trace from the committed rows table: every accepted row to write creates its record (a
+    contact, or an object with its relationship), so each is `added` with the values it brings."""
+    if ctx.sync.destination.type == "custom_objects":
+        fields = _object_fields(ctx)
+        keys = "w.email_norm, w.object_id"
+    else:
+        fields, keys = _written_fields(ctx), "w.email_norm, NULL"
+    return f"""{_INSERT}
+        SELECT %(run_id)s, %(sync)s, 'added', {keys}, {fields}
+        FROM {ctx.rows_table} w WHERE w.problem IS NULL AND w.action = 'added'"""
+
+
+DISCARD_RUN = "DELETE FROM sync_key_trace WHERE run_id = %(run_id)s"
+
+
+def _params(ctx: WriteContext, days: int) -> dict[str, object]:
+    return {
         "run_id": ctx.run_id,
         "sync": ctx.sync.name,
         "object_type": ctx.sync.destination.object_type,
         "delete_behavior": ctx.sync.delete_behavior,
         "days": days,
     }
+
+
+class TraceAside:
+    """A first load's trace written and committed on a connection of its own while the writer's transaction
+    merges (on a second core). Its rows count once the run is recorded successful (in the writer's transaction);
+    a writer that fails discards them. Start it only when every accepted row creates its record and the rows
+    table is committed (writers.fingerprint_build's conditions)."""
+
+    def __init__(self, engine: sa.Engine, ctx: WriteContext) -> None:
+        self._engine = engine
+        self._params = _params(ctx, retention_days())
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-aside")
+        self._result: Future[None] = self._executor.submit(self._write, first_load_trace_sql(ctx))
+        self._executor.shutdown(wait=False)
+
+    def _write(self, statement: str) -> None:
+        with self._engine.begin() as conn:
+            prepare_bulk_transaction(conn)
+            conn.exec_driver_sql(statement, self._params)
+
+    def wait(self) -> None:
+        """Wait for the trace (raising its error)."""
+        self._result.result()
+
+    def discard(self) -> None:
+        """Wait and delete what it wrote (best effort: the writer is failing already; rows of a run that never
+        succeeded are not shown, and the retention prunes them)."""
+        with contextlib.suppress(Exception):
+            self._result.result()
+        with contextlib.suppress(Exception), self._engine.begin() as conn:
+            conn.exec_driver_sql(DISCARD_RUN, self._params)
+
+
+def trace_aside(engine: sa.Engine, ctx: WriteContext) -> TraceAside | None:
+    """Start tracing a first load aside (None in a dry run or when the trace is off)."""
+    if ctx.dry_run or retention_days() == 0:
+        return None
+    return TraceAside(engine, ctx)
+
+
+def record_run(conn: sa.Connection, ctx: WriteContext, aside: TraceAside | None = None) -> None:
+    """Trace the keys this run writes, declines or removes (one INSERT … SELECT), and prune the sync's history
+    past the retention. Call in the write transaction, after the merge statements and before `_writes` is dropped
+    (events: before their insert). With `aside`, the written keys were traced by it: wait for it. Does nothing
+    in a dry run or when the trace is off."""
+    days = retention_days()
+    if ctx.dry_run or days == 0:
+        return
+    params = _params(ctx, days)
+    if aside is not None:
+        aside.wait()
+        removed = REMOVED_OBJECTS if ctx.sync.destination.type == "custom_objects" else REMOVED_CONTACTS
+        statement = f"{_INSERT} {removed}"
+    else:
+        statement = {
+            "contacts": contacts_trace_sql,
+            "custom_objects": custom_objects_trace_sql,
+        }.get(ctx.sync.destination.type, lambda _ctx: EVENTS_TRACE)(ctx)
     conn.exec_driver_sql(statement, params)
     conn.exec_driver_sql(PRUNE, params)
 
@@ -145,7 +226,7 @@ KEY_HISTORY = f"""
     SELECT t.recorded_at AS at, t.sync_name, t.run_id, t.action,
            coalesce(t.object_id || coalesce(' / ' || t.email_norm, ''), t.email_norm) AS key,
            t.fields AS values, NULL AS code, NULL AS column_name, NULL AS message
-    FROM sync_key_trace t
+    FROM sync_key_trace t JOIN sync_runs u ON u.run_id = t.run_id AND u.status = 'success' AND NOT u.preview
     WHERE t.email_norm = {email_key_sql("%(key)s")} OR t.object_id = btrim(%(key)s)
     UNION ALL
     SELECT coalesce(u.finished_at, j.created_at), j.sync_name, j.run_id, 'rejected', j.row_key, j.row - '_row_number',
@@ -156,7 +237,8 @@ KEY_HISTORY = f"""
        OR {email_key_sql("nullif(split_part(j.row_key, ' / ', 2), '')")} = {email_key_sql("%(key)s")}
     ORDER BY 1, 2, 4"""
 """A key's history, oldest first: the traced writes by e-mail or object id (message id for events), and the
-rejections whose key is that e-mail, object id (alone or with its e-mail) or message id."""
+rejections whose key is that e-mail, object id (alone or with its e-mail) or message id; both of successful runs
+only (a failed run's first-load trace, written aside, may outlive it until discarded or pruned)."""
 
 
 def key_history(conn: sa.Connection, key: str) -> list[TraceEntry]:

@@ -14,7 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from conversion_sync.config.syncs import SyncConfig
-from conversion_sync.store import fingerprints, sync_state
+from conversion_sync.store import fingerprints, sync_state, trace
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.store.sql_text import column_ref, json_object_sql, quote_literal
 
@@ -64,6 +64,8 @@ class WriteContext:
     """Rows validation rejected (they count against the removal guard)."""
     peer_syncs: list[str] = field(default_factory=list)
     """Other configured syncs writing the same destination: a record one of them still provides is not deleted."""
+    trace_aside: trace.TraceAside | None = None
+    """A first load's trace, written on a connection of its own meanwhile (writers.fingerprint_build)."""
 
 
 class RemovalRefused(Exception):
@@ -174,7 +176,8 @@ def fingerprint_build(
     keys are known before the writes), from the committed rows table (not one rebuilt in this transaction), and
     when `only_new_records` (SQL) says no row meets a stored record: then every row's record is written by this
     transaction, whose id is each fingerprint's version. Never in a dry run, whose work must not outlive it.
-    Yields None when the partition is written inline."""
+    Yields None when the partition is written inline. Under the same conditions every accepted row creates its
+    record, so the run's trace is written aside too (ctx.trace_aside, store/trace.py)."""
     build = None
     if not (
         ctx.dry_run
@@ -190,11 +193,15 @@ def fingerprint_build(
             new_fingerprints_sql(ctx.rows_table),
             {**write_params(ctx), "version": plan.version},
         )
+    if build is not None:
+        ctx.trace_aside = trace.trace_aside(conn.engine, ctx)
     try:
         yield build
     except BaseException:
         if build is not None:
             build.discard()
+        if ctx.trace_aside is not None:
+            ctx.trace_aside.discard()
         raise
 
 

@@ -141,6 +141,49 @@ def test_history_past_the_retention_is_pruned_by_the_next_run(two_syncs: SyncWor
     ]
 
 
+def test_a_first_load_traced_aside_counts_only_once_its_run_succeeded(
+    two_syncs: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load of new keys is traced on a second connection while the merge runs: the same history as
+    inline, for contacts and objects; a run that fails after its trace was written shows nothing of it."""
+    from conversion_sync.syncs import runner as runner_module
+    from conversion_sync.syncs import writers
+
+    world = two_syncs
+    monkeypatch.setattr(writers, "CONCURRENT_BUILD_ROWS", 1)
+    started: list[str] = []
+    real_aside = writers.trace.trace_aside
+
+    def spy(engine: object, ctx: writers.WriteContext) -> object:
+        started.append(ctx.sync.name)
+        return real_aside(engine, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writers.trace, "trace_aside", spy)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the store went away after the merge")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(runner_module, "remember_fingerprints", broken)
+        with pytest.raises(RuntimeError):
+            world.run("users")
+    assert started == ["users"]
+    assert world.scalar("SELECT count(*) FROM sync_key_trace") == 2  # written aside, its run never succeeded
+    with store_engine(world.store_url).connect() as conn:
+        assert key_history(conn, "ann@example.com") == []
+
+    added = world.run("users")
+    world.run("products")
+    assert started == ["users", "users", "products"]
+    with store_engine(world.store_url).connect() as conn:
+        ann = key_history(conn, "ann@example.com")
+    assert [(e.sync_name, e.run_id, e.action, e.values) for e in ann] == [
+        ("users", added.run_id, "added", {"first_name": "Ann", "seats": 2}),
+        ("products", ann[1].run_id, "added", {"name": "Widget", "price": 9.5}),
+    ]
+    assert ann[1].key == "p-1 / ann@example.com"
+
+
 @pytest.mark.slow
 def test_trace_cost_at_100k_rows(world: SyncWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trace's share of a write at 100k contacts (first load, then every row changed), trace on vs off.

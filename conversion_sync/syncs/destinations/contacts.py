@@ -316,7 +316,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         if writers.applies_removals(ctx, counts.removed):
             _remove_contacts(conn, ctx, fields, counts)
         writers.forget_removed(conn, ctx)
-        trace.record_run(conn, ctx)  # the per-key history (store/trace.py)
+        trace.record_run(conn, ctx, ctx.trace_aside)  # the per-key history (store/trace.py)
         writers.drop_writes(conn, plan.view)
         return counts
 

@@ -240,7 +240,7 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         if writers.applies_removals(ctx, counts.removed):
             _remove_objects(conn, ctx, params, counts)
         writers.forget_removed(conn, ctx)
-        trace.record_run(conn, ctx)  # the per-key history (store/trace.py)
+        trace.record_run(conn, ctx, ctx.trace_aside)  # the per-key history (store/trace.py)
         writers.drop_writes(conn, plan.view)
         return counts
 
