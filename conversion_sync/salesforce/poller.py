@@ -614,6 +614,10 @@ class FieldSyncSql:
     decisions: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    reverts: list[str] = field(default_factory=list)
+    """Per conversion_wins field: a jsonb object {field: Salesforce value} when Salesforce holds another value
+    than the store's non-empty one (the push writes the store's back), else '{}'."""
+    revert_flags: list[str] = field(default_factory=list)
 
 
 def _applies_sql(preference: str, new: str, current: str, newer: str) -> str:
@@ -643,6 +647,14 @@ def field_sync_sql(mapped: Sequence[MappedField], *, bag: str) -> FieldSyncSql:
         newer = incoming_wins_sql(m.store_field, "r.last_modified", stamps="cur.field_updated_at")
         applies = _applies_sql(m.preference, new, current, newer)
         sql.decisions += [f"{new} AS new_{i}", f"coalesce({applies}, false) AS apply_{i}"]
+        if m.preference == "conversion_wins":
+            sql.decisions.append(
+                f"({current} IS NOT NULL AND {current} IS DISTINCT FROM {new}) AS revert_{i}"
+            )
+            sql.revert_flags.append(f"d.revert_{i}")
+            sql.reverts.append(
+                f"CASE WHEN d.revert_{i} THEN jsonb_build_object({key}, to_jsonb(d.new_{i})) ELSE '{{}}' END"
+            )
         sql.flags.append(f"d.apply_{i}")
         if m.is_column:
             sql.sets.append(f"{column} = CASE WHEN d.apply_{i} THEN d.new_{i} ELSE t.{column} END")
@@ -729,9 +741,28 @@ RELINK_CONFLICTS_SQL = f"""
     ORDER BY contact_id LIMIT {CONFLICT_PREVIEW_LIMIT:d}"""
 
 
+def pending_reverts_sql(sync: FieldSyncSql) -> str:
+    """A data-modifying CTE `pending` (with a leading comma; empty without conversion_wins fields): for each
+    contact whose conversion_wins field Salesforce holds with another value than the store's non-empty one,
+    the push state's `synced` takes the value Salesforce holds, so the next push sees the field as changed and
+    writes the store's value back. When Salesforce holds the store's value, nothing is marked."""
+    if not sync.revert_flags:
+        return ""
+    return f"""
+    , pending AS (
+        INSERT INTO salesforce_push_state AS s (contact_id, synced, updated_at)
+        SELECT d.contact_id, {" || ".join(sync.reverts)}, now()
+        FROM d WHERE {" OR ".join(sync.revert_flags)}
+        ON CONFLICT (contact_id) DO UPDATE SET synced = s.synced || EXCLUDED.synced, updated_at = now()
+        WHERE s.synced IS DISTINCT FROM s.synced || EXCLUDED.synced
+        RETURNING s.contact_id
+    )"""
+
+
 def people_fields_update_sql(sync: FieldSyncSql, *, with_company: bool) -> str:
-    """The UPDATE of matched contacts' mapped fields (and, for Contacts, their company); it returns how many
-    contacts matched by Salesforce id it changed, leaving out those whose email changed (counted there)."""
+    """The UPDATE of matched contacts' mapped fields (and, for Contacts, their company), marking for the push
+    the contacts whose conversion_wins values Salesforce changed; it returns how many contacts matched by
+    Salesforce id it changed, leaving out those whose email changed (counted there)."""
     company_join = "LEFT JOIN companies co ON co.salesforce_account_id = r.account_id" if with_company else ""
     return f"""
     WITH d AS (
@@ -742,7 +773,7 @@ def people_fields_update_sql(sync: FieldSyncSql, *, with_company: bool) -> str:
         UPDATE contacts t SET {", ".join([*sync.sets, "updated_at = now()"])}
         FROM d WHERE t.id = d.contact_id AND ({" OR ".join(sync.flags)})
         RETURNING d.contact_id, d.outcome
-    )
+    ){pending_reverts_sql(sync)}
     SELECT count(*) FROM changed WHERE outcome = 'matched_by_salesforce_id'
       AND NOT EXISTS (SELECT 1 FROM _sf_email_changes e WHERE e.contact_id = changed.contact_id AND e.applied)"""
 

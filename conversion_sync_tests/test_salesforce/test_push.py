@@ -189,8 +189,8 @@ def test_store_contacts_become_leads_with_their_mapped_fields_and_nothing_echoes
     assert (bare["LastName"], bare["Company"]) == ("[not provided]", "[not provided]")
     assert harness.contact("ada@example.com")["salesforce_id"] == ada["Id"]
     assert harness.contact("ada@example.com")["salesforce_type"] == "Lead"
-    # two emails searched (one query per object), one collection create
-    assert org.stats()["requests"]["query"] == 2 and writes(org) == 1
+    # two emails searched (one query per object), one collection create, one read of the new LastModifiedDates
+    assert org.stats()["requests"]["query"] == 3 and writes(org) == 1
     [run] = harness.rows("SELECT * FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)
     assert run["status"] == "success" and run["counts"]["created"] == 2
 
@@ -327,9 +327,9 @@ EXPECTED = {
         "both_store_newer": ("SF", "SF"),
         "both_sf_newer": ("SF2", "SF2"),
     },
-    # a Salesforce-only edit stays there: the store keeps its value, and pushes only when that value changes
+    # the store wins both ways: a Salesforce-only edit is marked by the poll and reverted by the push
     "conversion_wins": {
-        "sf": ("Old", "SF"),
+        "sf": ("Old", "Old"),
         "store": ("Store", "Store"),
         "both_store_newer": ("Store", "Store"),
         "both_sf_newer": ("Store", "Store"),
@@ -591,8 +591,8 @@ def test_dagster_push_asset_with_launchpad_emails_and_the_after_poll_sensor(harn
     [materialization] = result.asset_materializations_for_node(PUSH_ASSET)
     metadata = materialization.metadata
     assert (
-        metadata["contacts_created"].value == 1 and metadata["api_calls_used"].value == 3
-    )  # two searches, one create
+        metadata["contacts_created"].value == 1 and metadata["api_calls_used"].value == 4
+    )  # two searches, one create, one read of the new Lead's LastModifiedDate
     assert harness.contact("one@example.com")["salesforce_type"] == "Lead"
     assert harness.contact("two@example.com")["salesforce_id"] is None
     [run] = harness.rows("SELECT run_id, status FROM sync_runs WHERE sync_name = :n", n=PUSH_RUN_NAME)

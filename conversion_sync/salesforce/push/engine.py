@@ -60,6 +60,10 @@ and it reads the Leads and Contacts changed since the poll's cursor instead (wha
 EMAILS_PER_QUERY = 200
 IDS_PER_QUERY = 300
 """Record ids in one `Id IN (…)` query: well inside the 16 KB a query URL may have."""
+STAMPS_PER_QUERY = 200
+"""Records whose LastModifiedDate is read back after a write, per query (a collection's worth)."""
+ACCOUNT_NAMES_PER_QUERY = 200
+"""Company names looked up as Account names in one `Name IN (…)` query."""
 
 START_PUSH_RUN_SQL = """
     INSERT INTO sync_runs (run_id, sync_name, status, phase, started_at, heartbeat_at, host, pid)
@@ -96,6 +100,8 @@ class PushCounts:
     skipped: int = 0
     relinked: int = 0
     recovered: int = 0
+    accounts_set: int = 0
+    """Contacts created as Salesforce Contacts under the Account their company name matched."""
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,6 +139,8 @@ class _Write:
     synced: dict[str, Any]
     salesforce_id: str | None = None
     last_modified: datetime | None = None
+    written: tuple[str, ...] = ()
+    """Store fields whose store value this write sends; after it they carry Salesforce's stamp."""
 
 
 ERROR_PREVIEW = 20
@@ -294,30 +302,36 @@ class SalesforcePusher:
         self.outcome.counts.skipped += sum(1 for cid, _ in links if cid not in linked)
 
     def _create(self, sobject: str, rows: list[dict[str, Any]]) -> None:
+        accounts = self._accounts_by_name(rows) if sobject == "Contact" else {}
         writes = []
         for row in rows:
-            record, synced = new_record(
-                sobject, row["email"], state.contact_values(row), self.fields[sobject]
+            values = state.contact_values(row)
+            record, synced = new_record(sobject, row["email"], values, self.fields[sobject])
+            account = accounts.get(_name_key(row.get("company_name")))
+            if account is not None:
+                record["AccountId"] = account
+            written = tuple(
+                f.store_field for f in self.fields[sobject] if values.get(f.store_field) is not None
             )
-            writes.append(_Write(row, sobject, record, synced))
+            writes.append(_Write(row, sobject, record, synced, written=written))
         remember = partial(self._remembered_jobs, sobject)
         records = [w.record for w in writes]
         for indexes, results in self.writer.write(sobject, "insert", records, ("Email",), remember):
             batch = [(writes[i], r) for i, r in zip(indexes, results, strict=True)]
+            for w, r in batch:
+                w.salesforce_id = str(r.id) if r.ok and r.id else None
+            created = [w for w, r in batch if w.salesforce_id]
+            self._stamp_after_write(sobject, created)
             with self.store.begin() as conn:
                 linked = state.link_contacts(
-                    conn, [(w.row["id"], str(r.id), sobject) for w, r in batch if r.ok and r.id]
+                    conn, [(w.row["id"], str(w.salesforce_id), sobject) for w in created]
                 )
-                state.record_synced(
-                    conn,
-                    [
-                        (w.row["id"], str(r.id), sobject, w.synced, None)
-                        for w, r in batch
-                        if w.row["id"] in linked
-                    ],
-                )
+                done = [w for w in created if w.row["id"] in linked]
+                state.record_synced(conn, [_synced_row(w) for w in done])
+                state.restamp_written(conn, [_restamp_row(w) for w in done])
                 self._record_failures(conn, [(w, r) for w, r in batch if not r.ok])
             self.outcome.counts.created += len(linked)
+            self.outcome.counts.accounts_set += sum(1 for w in done if "AccountId" in w.record)
             unlinked = sum(1 for w, r in batch if r.ok and w.row["id"] not in linked)
             if unlinked:
                 self.log.warning(
@@ -449,7 +463,57 @@ class SalesforcePusher:
             last_modified,
         )
         sf_id = str(record["Id"])
-        return _Write(row, sobject, {"Id": sf_id, **changes} if changes else {}, synced, sf_id, last_modified)
+        written = tuple(f.store_field for f in self.fields[sobject] if f.salesforce_field in changes)
+        return _Write(
+            row, sobject, {"Id": sf_id, **changes} if changes else {}, synced, sf_id, last_modified, written
+        )
+
+    # -- after a write: Salesforce's own stamp ----------------------------------------------------
+
+    def _stamp_after_write(self, sobject: str, written: list[_Write]) -> None:
+        """Read the LastModifiedDate the write gave each record (one query per STAMPS_PER_QUERY records), so
+        the push state and the written fields' stamps carry Salesforce's clock, not the local one; a record
+        not found (deleted meanwhile) keeps no stamp."""
+        ids = [str(w.salesforce_id) for w in written if w.salesforce_id]
+        stamps: dict[str, datetime | None] = {}
+        for start in range(0, len(ids), STAMPS_PER_QUERY):
+            chunk = ", ".join(_soql_string(i) for i in ids[start : start + STAMPS_PER_QUERY])
+            page = self.client.query(f"SELECT Id, LastModifiedDate FROM {sobject} WHERE Id IN ({chunk})")
+            while True:
+                for record in page.records:
+                    stamps[_id15(str(record["Id"]))] = parse_salesforce_datetime(
+                        field_value(record, "LastModifiedDate")
+                    )
+                if page.next_records_url is None:
+                    break
+                page = self.client.query_more(page.next_records_url)
+        for w in written:
+            w.last_modified = stamps.get(_id15(str(w.salesforce_id)))
+
+    # -- a Contact's Account ----------------------------------------------------------------------
+
+    def _accounts_by_name(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """Company name (case-insensitive) → the id of the one Account with that Name, for the company names of
+        contacts created as Contacts (one query per ACCOUNT_NAMES_PER_QUERY names); a name two Accounts share
+        is left out (the Contact is created without an Account rather than under the wrong one)."""
+        names = sorted({str(r["company_name"]).strip() for r in rows if _name_key(r.get("company_name"))})
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(names), ACCOUNT_NAMES_PER_QUERY):
+            chunk = ", ".join(_soql_string(n) for n in names[start : start + ACCOUNT_NAMES_PER_QUERY])
+            page = self.client.query(f"SELECT Id, Name FROM Account WHERE Name IN ({chunk})")
+            while True:
+                for record in page.records:
+                    found.setdefault(_name_key(record.get("Name")), set()).add(str(record["Id"]))
+                if page.next_records_url is None:
+                    break
+                page = self.client.query_more(page.next_records_url)
+        shared = sorted(name for name, ids in found.items() if len(ids) > 1)
+        if shared:
+            self.log.warning(
+                f"{len(shared)} company name(s) match several Salesforce Accounts (e.g. '{shared[0]}'); their "
+                "contacts are created as Contacts without an Account"
+            )
+        return {name: next(iter(ids)) for name, ids in found.items() if len(ids) == 1}
 
     def _write_updates(self, writes: list[_Write]) -> None:
         unchanged = [w for w in writes if not w.record]
@@ -464,8 +528,11 @@ class SalesforcePusher:
             records = [w.record for w in todo]
             for indexes, results in self.writer.write(sobject, "update", records, ("Id",)):
                 batch = [(todo[i], r) for i, r in zip(indexes, results, strict=True)]
+                done = [w for w, r in batch if r.ok]
+                self._stamp_after_write(sobject, done)
                 with self.store.begin() as conn:
-                    state.record_synced(conn, [_synced_row(w) for w, r in batch if r.ok])
+                    state.record_synced(conn, [_synced_row(w) for w in done])
+                    state.restamp_written(conn, [_restamp_row(w) for w in done])
                     self._record_failures(conn, [(w, r) for w, r in batch if not r.ok])
                 self.outcome.counts.updated += sum(1 for _, r in batch if r.ok)
 
@@ -495,6 +562,17 @@ class SalesforcePusher:
 
 def _synced_row(w: _Write) -> tuple[int, str, str, dict[str, Any], datetime | None]:
     return (w.row["id"], str(w.salesforce_id), w.sobject, w.synced, w.last_modified)
+
+
+def _restamp_row(w: _Write) -> tuple[int, dict[str, Any], datetime | None]:
+    """(contact id, written store field → its stamp as the push read it, the record's LastModifiedDate)."""
+    stamps = w.row.get("field_updated_at") or {}
+    return (w.row["id"], {name: stamps.get(name) for name in w.written}, w.last_modified)
+
+
+def _name_key(name: Any) -> str:
+    """A company or Account name as Salesforce compares it (trimmed, case-insensitive); '' when empty."""
+    return str(name).strip().lower() if name is not None else ""
 
 
 def _preference(record: dict[str, Any]) -> tuple[bool, str]:

@@ -221,6 +221,35 @@ def record_synced(
     )
 
 
+RESTAMP_WRITTEN_SQL = """
+    UPDATE contacts c SET field_updated_at = c.field_updated_at || (
+        SELECT coalesce(jsonb_object_agg(e.key, to_jsonb(v.modified)), '{}'::jsonb)
+        FROM jsonb_each(v.expected::jsonb) e
+        WHERE coalesce(c.field_updated_at -> e.key, 'null'::jsonb) = e.value)
+    FROM unnest(%(contacts)s::bigint[], %(expected)s::text[], %(modified)s::timestamptz[])
+        AS v(contact_id, expected, modified)
+    WHERE c.id = v.contact_id"""
+"""The written fields take the record's LastModifiedDate as their stamp, each only while its stamp is still
+the one the push read (a store edit since then keeps its own); updated_at does not move: no value changed."""
+
+
+def restamp_written(conn: sa.Connection, rows: Sequence[tuple[int, dict[str, Any], datetime | None]]) -> None:
+    """(contact id, store field → its stamp when the push read it, the record's LastModifiedDate after the
+    write): the fields the push wrote are stamped with Salesforce's clock, as the poll stamps what it reads, so
+    the next comparison with that record is Salesforce's clock against Salesforce's clock."""
+    rows = [r for r in rows if r[1] and r[2] is not None]
+    if not rows:
+        return
+    conn.exec_driver_sql(
+        RESTAMP_WRITTEN_SQL,
+        {
+            "contacts": [r[0] for r in rows],
+            "expected": [json.dumps(r[1]) for r in rows],
+            "modified": [r[2] for r in rows],
+        },
+    )
+
+
 RECORD_ERRORS_SQL = """
     INSERT INTO salesforce_push_state AS s (contact_id, error_code, error_message, error_at,
         error_contact_updated_at, updated_at)
