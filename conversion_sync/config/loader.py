@@ -13,8 +13,10 @@ from pydantic import TypeAdapter, ValidationError
 from conversion_sync.config.problems import ConfigError, ConfigProblem, problems_from_validation_error
 from conversion_sync.config.salesforce import SalesforceConfig
 from conversion_sync.config.store_schema import StoreSchemaConfig
+from conversion_sync.config.sync_graph import find_cycles
 from conversion_sync.config.syncs import SyncConfig
 from conversion_sync.config.warehouses import WAREHOUSE_TYPES, WarehouseConfig
+from conversion_sync.syncs.lineage import sync_name_of_key
 
 WAREHOUSES_FILE = "warehouses.yaml"
 SCHEMA_FILE = "schema.yaml"
@@ -227,48 +229,64 @@ def _cross_check(
     return problems
 
 
-def _check_after(project: ProjectConfig) -> None:
-    """`after:` must name valid syncs and must not form a cycle; offenders become broken."""
-    for name in [n for n in project.syncs if _in_cycle(project, n)]:
+def _check_sync_graph(project: ProjectConfig) -> None:
+    """Syncs on a cycle of dependencies are broken, each told the cycle; then, until nothing changes, syncs
+    whose `after:` or triggering `deps:` name a sync that is unknown, broken or disabled."""
+    cycles = find_cycles(project.syncs, project.warehouses)
+    for name, cycle in cycles.items():
         file = project.sync_files[name]
-        _mark_broken(
-            project, name, [ConfigProblem(file, "after", "forms a cycle of syncs running after each other")]
-        )
+        _mark_broken(project, name, [ConfigProblem(file, cycle.config_key, cycle.message())])
     changed = True
     while changed:
         changed = False
         for name, sync in list(project.syncs.items()):
-            file = project.sync_files[name]
-            found = []
-            for upstream in sync.after:
-                if upstream in project.broken_syncs:
-                    found.append(
-                        ConfigProblem(
-                            file, "after", f"sync '{upstream}' is broken, so this sync cannot run after it"
-                        )
-                    )
-                elif upstream not in project.syncs:
-                    known = ", ".join(sorted(n for n in project.syncs if n != name)) or "none"
-                    found.append(
-                        ConfigProblem(file, "after", f"unknown sync '{upstream}'; known syncs: {known}")
-                    )
+            found = _reference_problems(project, sync)
             if found:
                 _mark_broken(project, name, found)
                 changed = True
 
 
-def _in_cycle(project: ProjectConfig, start: str) -> bool:
-    seen: set[str] = set()
-    stack = list(project.syncs[start].after)
-    while stack:
-        current = stack.pop()
-        if current == start:
-            return True
-        if current in seen or current not in project.syncs:
-            continue
-        seen.add(current)
-        stack.extend(project.syncs[current].after)
-    return False
+def _reference_problems(project: ProjectConfig, sync: SyncConfig) -> list[ConfigProblem]:
+    """What is wrong with the syncs `sync` names in `after:` and (as sync_<name> keys) in `deps:`."""
+    file = project.sync_files[sync.name]
+    found = []
+    for upstream in sync.after:
+        problem = _upstream_problem(project, sync, upstream, f"sync '{sync.name}' cannot run after it")
+        if problem:
+            found.append(ConfigProblem(file, "after", problem))
+    for key in sync.deps:
+        upstream = sync_name_of_key(tuple(key.split("/")))
+        if upstream is None or upstream == sync.name:
+            continue  # not a sync's key; naming itself is a cycle, reported as one
+        if upstream not in project.syncs and upstream not in project.broken_syncs:
+            problem = _upstream_problem(project, sync, upstream, "")
+        elif sync.run_on != "schedule":
+            problem = _upstream_problem(
+                project,
+                sync,
+                upstream,
+                f"its updates can never start sync '{sync.name}' (run_on: {sync.run_on})",
+            )
+        else:
+            problem = None  # lineage only: a schedule starts the sync
+        if problem:
+            found.append(ConfigProblem(file, "deps", f"'{key}': {problem}"))
+    return found
+
+
+def _upstream_problem(project: ProjectConfig, sync: SyncConfig, upstream: str, consequence: str) -> str | None:
+    """Why sync `upstream` cannot be waited for by `sync`, naming both, or None when it can."""
+    if upstream in project.broken_syncs:
+        return f"sync '{upstream}' is broken (see {project.broken_syncs[upstream].file}), so {consequence}"
+    if upstream not in project.syncs:
+        known = ", ".join(sorted(n for n in project.syncs if n != sync.name)) or "none"
+        return f"sync '{sync.name}' names unknown sync '{upstream}'; known syncs: {known}"
+    if sync.enabled and not project.syncs[upstream].enabled:
+        return (
+            f"sync '{upstream}' is disabled (enabled: false), so {consequence}; disable '{sync.name}' too, "
+            f"or enable '{upstream}'"
+        )
+    return None
 
 
 def _mark_broken(project: ProjectConfig, name: str, problems: list[ConfigProblem]) -> None:
@@ -314,5 +332,5 @@ def load_project_config(directory: Path | str | None = None) -> ProjectConfig:
         else:
             project.syncs[name] = sync
             project.sync_files[name] = path.name
-    _check_after(project)
+    _check_sync_graph(project)
     return project

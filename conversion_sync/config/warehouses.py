@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conversion_sync.config.secrets import Secret, Setting
 
@@ -19,6 +19,24 @@ class SyncLogsConfig(BaseModel):
 class _WarehouseBase(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     sync_logs: SyncLogsConfig | None = None
+    asset_key_prefix: list[str] = Field(default_factory=list)
+    """Parts put before the asset key of every table the syncs of this warehouse read (`analytics.users` with
+    [dbt] becomes dbt/analytics/users), so the keys can equal those another tool (a dbt project) gives them."""
+
+    @field_validator("asset_key_prefix", mode="before")
+    @classmethod
+    def _asset_key_prefix(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError("must be a list of key parts, such as [dbt] or [warehouse, analytics]")
+        return value
+
+    @field_validator("asset_key_prefix")
+    @classmethod
+    def _asset_key_parts(cls, parts: list[str]) -> list[str]:
+        for part in parts:
+            if not part.strip() or "/" in part:
+                raise ValueError(f"{part!r} is not an asset key part: a non-empty name without '/'")
+        return [part.strip() for part in parts]
 
 
 class DuckDBWarehouseConfig(_WarehouseBase):

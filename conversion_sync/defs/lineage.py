@@ -1,28 +1,30 @@
 """Upstream lineage of the syncs: the warehouse tables each query reads and the asset keys its `deps:` name,
-as external assets keyed the way dagster-dbt keys models and sources.
+as external assets keyed so that a dbt project's assets in the same deployment can be the same keys.
 
-A table's key is its name as the query writes it without the database: `analytics.users` → analytics/users,
-`users` → users. dagster-dbt's default key for a model is its name (or [schema, name] when the model sets a
-custom schema) and for a source [source name, table], so a dbt project's assets in the same deployment are
-the same assets: their materializations are the tables' updates, which can start `run_on: upstream` syncs.
+A table's key is the warehouse's `asset_key_prefix` (none by default), then the table's name as the query
+writes it without the database: `analytics.users` → analytics/users, `users` → users. dagster-dbt's default
+key for a source is [source name, table] and for a model [name], or [schema, name] when the model configures
+its own schema; where these are the same keys, a dbt model's materializations are the table's updates and
+start `run_on: upstream` syncs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
-from conversion_sync.syncs.lineage import QueryTables, TableName, query_tables
+from conversion_sync.syncs.lineage import QueryTables, TableName, query_tables, table_key_path
 
 TABLES_GROUP = "warehouse_tables"
 
 
-def table_key(name: TableName) -> dg.AssetKey:
-    return dg.AssetKey(list(name))
+def table_key(name: TableName, prefix: Sequence[str] = ()) -> dg.AssetKey:
+    """A table's key: `prefix` (its warehouse's asset_key_prefix), then its name as the query writes it."""
+    return dg.AssetKey(list(table_key_path(name, prefix)))
 
 
 def deps_keys(sync: SyncConfig) -> list[dg.AssetKey]:
@@ -45,18 +47,20 @@ class SyncLineage:
     """Per sync: the tables its query reads (or why they could not be read) and its `deps:` keys."""
 
     tables: dict[str, QueryTables]
+    prefixes: dict[str, list[str]]
+    """Per sync, its warehouse's asset_key_prefix."""
 
     @classmethod
     def of(cls, project: ProjectConfig) -> SyncLineage:
+        warehouses = {name: project.warehouses[sync.warehouse] for name, sync in project.syncs.items()}
         return cls(
-            {
-                name: query_tables(sync.query, project.warehouses[sync.warehouse].type)
-                for name, sync in project.syncs.items()
-            }
+            {name: query_tables(sync.query, warehouses[name].type) for name, sync in project.syncs.items()},
+            {name: list(warehouses[name].asset_key_prefix) for name in project.syncs},
         )
 
     def table_keys(self, sync_name: str) -> list[dg.AssetKey]:
-        return [table_key(t) for t in self.tables[sync_name].tables]
+        prefix = self.prefixes[sync_name]
+        return [table_key(t, prefix) for t in self.tables[sync_name].tables]
 
     def upstream_keys(self, sync: SyncConfig) -> list[dg.AssetKey]:
         """The tables the query reads, then the `deps:` keys, each once."""
@@ -69,7 +73,7 @@ class SyncLineage:
         for name, sync in project.syncs.items():
             kind = project.warehouses[sync.warehouse].type
             for table in self.tables[name].tables:
-                entry = upstream.setdefault(table_key(table), _Upstream())
+                entry = upstream.setdefault(table_key(table, self.prefixes[name]), _Upstream())
                 entry.read_by.append(name)
                 entry.warehouses[sync.warehouse] = kind
                 entry.table = ".".join(table)

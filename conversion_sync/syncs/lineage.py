@@ -9,7 +9,10 @@ are not tables. The `{{last_sync_time}}` template is rendered (with the epoch) b
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlglot
 from sqlglot import exp
@@ -18,12 +21,43 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from conversion_sync.syncs.template import EPOCH, render_query
 
+if TYPE_CHECKING:
+    from conversion_sync.config.syncs import DestinationConfig
+
 DIALECTS = {"postgres": "postgres", "duckdb": "duckdb", "snowflake": "snowflake", "bigquery": "bigquery"}
 CASE_SENSITIVE_KINDS = frozenset({"bigquery"})
 """Warehouse types whose unquoted table names keep their case (BigQuery datasets and tables)."""
 
 TableName = tuple[str, ...]
 """A table as (schema, table) or (table,)."""
+KeyPath = tuple[str, ...]
+"""An asset key's parts: what the code location names each asset of the sync graph."""
+SYNC_KEY_PREFIX = "sync_"
+STORE_KEY_PART = "contact_store"
+
+
+def sync_key_path(sync_name: str) -> KeyPath:
+    """A sync's asset: sync_<name>."""
+    return (f"{SYNC_KEY_PREFIX}{sync_name}",)
+
+
+def sync_name_of_key(path: KeyPath) -> str | None:
+    """The sync whose asset key `path` is (a single part sync_<name>), else None."""
+    if len(path) == 1 and path[0].startswith(SYNC_KEY_PREFIX) and len(path[0]) > len(SYNC_KEY_PREFIX):
+        return path[0][len(SYNC_KEY_PREFIX) :]
+    return None
+
+
+def table_key_path(table: TableName, prefix: Sequence[str] = ()) -> KeyPath:
+    """A table's asset key: the warehouse's `asset_key_prefix`, then the table as the query names it."""
+    return (*prefix, *table)
+
+
+def destination_key_path(destination: DestinationConfig) -> KeyPath:
+    """contact_store/contacts, contact_store/events, contact_store/custom_objects/<object type>."""
+    if destination.type == "custom_objects":
+        return (STORE_KEY_PART, "custom_objects", str(destination.object_type))
+    return (STORE_KEY_PART, destination.type)
 
 
 @dataclass(frozen=True)
@@ -79,8 +113,10 @@ def _reason(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@functools.lru_cache(maxsize=4096)
 def query_tables(query: str, kind: str | None = None) -> QueryTables:
-    """The tables `query` (a sync query, template and all) reads, for a warehouse type `kind`."""
+    """The tables `query` (a sync query, template and all) reads, for a warehouse type `kind`; each query is
+    parsed once per process (the config check and the code location both ask)."""
     try:
         sql = render_query(query, EPOCH, kind)
         trees = sqlglot.parse(sql, read=DIALECTS.get(kind or ""))

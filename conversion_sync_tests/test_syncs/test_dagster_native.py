@@ -4,11 +4,17 @@ destination tables are observed with their row counts, and freshness policies fo
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._daemon.asset_daemon import AssetDaemon
 
 from conversion_sync.config import load_project_config
 from conversion_sync.definitions import build_definitions
@@ -18,7 +24,8 @@ from conversion_sync.defs.freshness import (
     schedule_freshness,
     sync_intervals,
 )
-from conversion_sync.defs.warehouse_syncs import asset_key
+from conversion_sync.defs.warehouse_syncs import UPSTREAM_SENSOR_INTERVAL_SECONDS, asset_key
+from conversion_sync.defs.warehouse_syncs.jobs import SYNC_TAG
 
 from .conftest import SyncWorld
 
@@ -189,8 +196,10 @@ def test_run_on_upstream_starts_the_sync_when_a_dependency_updates(world: SyncWo
         dg.AssetKey(["analytics", "scores"]),
         dg.AssetKey(["analytics", "scores_model"]),
     }
-    sensor = defs.resolve_sensor_def("default_automation_condition_sensor")
+    sensor = defs.resolve_sensor_def("sync_scores_on_upstream_update")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.run_tags == {SYNC_TAG: "scores"}
+    assert sensor.asset_selection.resolve(graph) == {scores}
     with dg.instance_for_test() as instance:
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert result.total_requested == 0, "nothing updated yet"
@@ -252,9 +261,9 @@ def test_freshness_follows_the_schedule_and_the_upstream_syncs(
     assert intervals["owners"] == timedelta(minutes=15), "started by products' updates: as often as those"
     assert policy_for_interval(None) is None
 
-    # a disabled sync is expected nowhere, and neither is a sync that runs only after it
+    # a disabled sync is expected nowhere, and neither is a (disabled) sync that runs only after it
     world.add_sync("paused", "SELECT email FROM users", schedule="hourly", enabled="false")
-    world.add_sync("after_paused", "SELECT email FROM users", after="[paused]")
+    world.add_sync("after_paused", "SELECT email FROM users", after="[paused]", enabled="false")
     paused_graph = build_definitions(world.project()).resolve_asset_graph()
     assert paused_graph.get(asset_key("paused")).freshness_policy is None
     assert paused_graph.get(asset_key("after_paused")).freshness_policy is None
@@ -277,3 +286,51 @@ def test_a_query_the_parser_cannot_read_still_loads_and_says_why(world: SyncWorl
     node = defs.resolve_asset_graph().get(asset_key("odd"))
     assert node.parent_keys == set()
     assert str(node.metadata["lineage_problem"]).startswith("the query could not be parsed as duckdb")
+
+
+LOCATION_FILE = """from conversion_sync.config import load_project_config
+from conversion_sync.definitions import build_definitions
+
+defs = build_definitions(load_project_config({config_dir!r}))
+"""
+
+
+def test_runs_started_by_upstream_updates_carry_the_sync_tag(world: SyncWorld, tmp_path: Path) -> None:
+    """Dagster's asset daemon, as `dagster-daemon` runs it, evaluates the syncs' `run_on: upstream` sensors:
+    each run it starts is tagged with its sync, as schedule and `after:` runs are, so the run history filters
+    by sync; a disabled sync's sensor starts stopped and starts nothing."""
+    world.add_sync("scores", "SELECT email FROM analytics.scores", run_on="upstream")
+    world.add_sync("plans", "SELECT email FROM analytics.plans", run_on="both", schedule="hourly")
+    world.add_sync("paused", "SELECT email FROM analytics.scores", run_on="upstream", enabled="false")
+    world.project()  # writes warehouses.yaml; the config is valid
+    location = tmp_path / "location.py"
+    location.write_text(LOCATION_FILE.format(config_dir=str(world.dir)))
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(python_file=str(location), attribute="defs"), location_name="conversion_sync"
+    )
+    overrides = {"run_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}}
+    with (
+        dg.instance_for_test(overrides=overrides) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as workspace,
+    ):
+        daemon = AssetDaemon(settings={}, pre_sensor_interval_seconds=0)
+
+        def tick(at: datetime) -> list[dg.DagsterRun]:
+            with freeze_time(at):
+                daemon._run_iteration_impl(  # one pass of the daemon's loop
+                    workspace, threadpool_executor=None, amp_tick_futures={}, debug_crash_flags={}
+                )
+            return list(instance.get_runs())
+
+        start = datetime.now(UTC)
+        assert tick(start) == [], "nothing updated yet"
+        instance.report_runless_asset_event(dg.AssetMaterialization(["analytics", "scores"]))
+        instance.report_runless_asset_event(dg.AssetMaterialization(["analytics", "plans"]))
+        runs = tick(start + timedelta(seconds=UPSTREAM_SENSOR_INTERVAL_SECONDS + 5))
+        by_sync = {run.tags.get(SYNC_TAG): run for run in runs}
+        assert set(by_sync) == {"scores", "plans"}, [run.tags for run in runs]
+        assert by_sync["scores"].asset_selection == {asset_key("scores")}
+        assert by_sync["scores"].tags["dagster/sensor_name"] == "sync_scores_on_upstream_update"
+        assert by_sync["plans"].asset_selection == {asset_key("plans")}
+        scores_runs = instance.get_runs(filters=dg.RunsFilter(tags={SYNC_TAG: "scores"}))
+        assert [run.run_id for run in scores_runs] == [by_sync["scores"].run_id]

@@ -14,12 +14,11 @@ from conversion_sync.defs.freshness import policy_for_interval, sync_intervals
 from conversion_sync.defs.lineage import SyncLineage, deps_keys
 from conversion_sync.defs.warehouse_syncs.assets import asset_key, rejected_rate_check, sync_asset
 from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP, broken_sync_asset
-from conversion_sync.defs.warehouse_syncs.jobs import after_sensor, job_name, sync_job, sync_schedule
+from conversion_sync.defs.warehouse_syncs.jobs import SYNC_TAG, after_sensor, job_name, sync_job, sync_schedule
 
-__all__ = ["SYNC_GROUP", "asset_key", "build_defs", "job_name", "upstream_condition"]
+__all__ = ["SYNC_GROUP", "asset_key", "build_defs", "job_name", "upstream_condition", "upstream_sensor"]
 
-AUTOMATION_SENSOR = "default_automation_condition_sensor"
-"""Dagster's name for the sensor that evaluates automation conditions; ours is declared running."""
+UPSTREAM_SENSOR_INTERVAL_SECONDS = 30
 
 
 def upstream_condition(sync: SyncConfig) -> dg.AutomationCondition:
@@ -37,6 +36,20 @@ def upstream_condition(sync: SyncConfig) -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("upstream_updated")
+
+
+def upstream_sensor(sync: SyncConfig) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the `run_on: upstream` condition of one sync and tags the runs it starts as
+    the sync's schedule and `after:` runs are tagged (conversion_sync/sync), so the run history filters by
+    sync for all of them; it starts stopped when the sync is disabled."""
+    return dg.AutomationConditionSensorDefinition(
+        f"{job_name(sync.name)}_on_upstream_update",
+        target=dg.AssetSelection.assets(asset_key(sync.name)),
+        run_tags={SYNC_TAG: sync.name},
+        default_status=dg.DefaultSensorStatus.RUNNING if sync.enabled else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=UPSTREAM_SENSOR_INTERVAL_SECONDS,
+        description=f"Runs {sync.name} when an upstream asset (a table its query reads, a deps: key) updates",
+    )
 
 
 def _triggering_syncs(sync: SyncConfig) -> Iterable[str]:
@@ -64,17 +77,7 @@ def build_defs(project: ProjectConfig) -> dg.Definitions:
     jobs = {sync.name: sync_job(sync) for sync in syncs}
     schedules = [s for s in (sync_schedule(sync, jobs[sync.name]) for sync in syncs) if s is not None]
     sensors: list[dg.SensorDefinition] = [after_sensor(sync, jobs[sync.name]) for sync in syncs if sync.after]
-    automated = [sync for sync in syncs if sync.run_on != "schedule"]
-    if automated:
-        sensors.append(
-            dg.AutomationConditionSensorDefinition(
-                AUTOMATION_SENSOR,
-                target=dg.AssetSelection.all(),
-                default_status=dg.DefaultSensorStatus.RUNNING,
-                minimum_interval_seconds=30,
-                description="Runs the syncs with run_on: upstream or both when their upstream assets update",
-            )
-        )
+    sensors.extend(upstream_sensor(sync) for sync in syncs if sync.run_on != "schedule")
     assets = []
     for sync in syncs:
         problem = lineage.tables[sync.name].problem

@@ -18,6 +18,7 @@ from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP
 from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
+from conversion_sync.syncs.lineage import sync_key_path
 from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
 from conversion_sync.syncs.template import format_timestamp
 from conversion_sync.warehouses.sync_logs import write_sync_log
@@ -30,7 +31,7 @@ Matcher = dg.ResourceParam[IdentityMatcher]
 
 
 def asset_key(sync_name: str) -> dg.AssetKey:
-    return dg.AssetKey(f"sync_{sync_name}")
+    return dg.AssetKey(list(sync_key_path(sync_name)))
 
 
 class SyncRunConfig(dg.Config):
