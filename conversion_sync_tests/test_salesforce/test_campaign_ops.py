@@ -14,8 +14,12 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner, Result
 
+from conversion_sync.alerts import webhook
+from conversion_sync.alerts.webhook import WEBHOOK_URL_ENV
 from conversion_sync.cli import main
+from conversion_sync.config import ProjectConfig
 from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.defs.alerts import alert_sensors
 from conversion_sync.defs.campaigns import RECONCILE_ASSET
 from conversion_sync.defs.campaigns import build_defs as build_campaign_definitions
 from conversion_sync.salesforce.campaigns import get_campaign
@@ -23,6 +27,7 @@ from conversion_sync.salesforce.client import ENV_VARS, SalesforceSettings
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync_dev.salesforce_standin import Org, StandinServer
+from conversion_sync_tests.test_e2e.webhook_receiver import WebhookReceiver
 from conversion_sync_tests.test_salesforce.test_campaigns import (
     Harness,
     seed_sf_members,
@@ -143,7 +148,7 @@ def test_list_shows_a_campaign_deleted_in_salesforce_and_its_error_is_reported_o
     assert "BROKEN" not in cli("list", "--offline").output
 
 
-def test_dagster_reconciles_one_campaign_from_run_config_and_a_standing_failure_fails_once(
+def test_dagster_reconciles_one_campaign_from_run_config_and_a_standing_failure_keeps_failing(
     h: Harness,
 ) -> None:
     setup_campaign(h, "One", ["Sent"])
@@ -175,10 +180,69 @@ def test_dagster_reconciles_one_campaign_from_run_config_and_a_standing_failure_
         )
     assert not materialize().success  # a new failure fails the run (and alerts)
     standing = materialize()
-    assert standing.success  # the same failure again: reported before, not a new failure
-    [materialization] = standing.asset_materializations_for_node(RECONCILE_ASSET)
-    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert not standing.success  # the same failure again: still failed (alerted once, see test_alerts_once…)
+    [failure] = standing.get_step_failure_events()
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None and "(standing, reported before)" in str(data.description)
+    metadata = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
     assert metadata["campaigns_failed"] == 1 and metadata["standing_errors"] == 1 and metadata["errors"] == 0
+    assert metadata["failure_kind"] == "campaigns_failed"
+    assert h.execute("SELECT last_run_status FROM campaigns WHERE name = 'Two'") == "reconciled"
+
+
+def test_alerts_once_per_standing_campaign_error_and_again_when_it_changes_or_returns(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real instance and the failure-alert sensor: a broken campaign fails every run, but is alerted
+    once; fixed, the run succeeds; broken again it is alerted again, and a changed error text is a new alert.
+    A run that fails for another reason (Salesforce unreachable) is alerted whatever the campaign errors."""
+    setup_campaign(h, "One", ["Sent"])
+    [real] = h.org.seed("Campaign", [{"Name": "Real"}])
+    defs = build_campaign_definitions(SalesforceConfig(api_reserve=0), h.resource)
+    resources = {"contact_store": ContactStore(), "identity": IdentityMatcher(), "salesforce": h.resource}
+    [sensor] = [
+        s for s in alert_sensors(ProjectConfig(directory=Path("."))) if s.name == "alert_on_run_failure"
+    ]
+    webhook.forget_failed_endpoints()
+    with dg.instance_for_test() as instance, WebhookReceiver() as receiver:
+        monkeypatch.setenv(WEBHOOK_URL_ENV, receiver.url)
+        cursor: list[str | None] = [None]
+
+        def tick() -> None:
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor[0], resources={"contact_store": ContactStore()}
+            )
+            data = sensor.evaluate_tick(context)
+            assert [r.error for r in data.dagster_run_reactions or [] if r.error is not None] == []
+            cursor[0] = data.cursor
+
+        def run(salesforce_id: str, resource: SalesforceSettings = h.resource) -> bool:
+            with h.store.begin() as conn:
+                conn.exec_driver_sql(
+                    "UPDATE campaigns SET salesforce_campaign_id = %s WHERE name = 'One'", (salesforce_id,)
+                )
+            result = dg.materialize(
+                defs.assets,
+                resources={**resources, "salesforce": resource},
+                instance=instance,
+                raise_on_error=False,
+            )
+            tick()
+            return result.success
+
+        tick()  # the first tick places the cursor
+        alerted = lambda: [r.json["error"] for r in receiver.received]  # noqa: E731
+        broken, other = f"{MISSING_CAMPAIGN}AAA", "701Kc00000000YYAAA"
+        assert not run(broken) and len(alerted()) == 1 and broken in alerted()[0]
+        assert not run(broken) and not run(broken) and len(alerted()) == 1  # standing: failed, not re-alerted
+        assert not run(other) and len(alerted()) == 2 and other in alerted()[1]  # another error text
+        assert not run(other) and len(alerted()) == 2
+        assert run(real) and len(alerted()) == 2  # fixed: a green run
+        assert not run(other) and len(alerted()) == 3  # back after a success: alerted again
+        unreachable = h.resource.model_copy(update={"login_url": f"https://127.0.0.1:{closed_port()}"})
+        assert not run(other, unreachable) and len(alerted()) == 4  # not a campaign failure: alerted
+        assert [r.json["event"] for r in receiver.received] == ["run_failed"] * 4
+    webhook.forget_failed_endpoints()
 
 
 # -- remove-member and tombstones -----------------------------------------------------------------------------

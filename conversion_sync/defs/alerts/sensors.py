@@ -24,8 +24,10 @@ import sqlalchemy as sa
 from conversion_sync.alerts.webhook import WEBHOOK_URL_ENV, run_page_url, send_alert, webhook_url
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.secrets import EnvRef
+from conversion_sync.defs.campaigns.assets import CAMPAIGNS_FAILED, FAILURE_KIND
 from conversion_sync.defs.warehouse_syncs.assets import CHECK_NAME
 from conversion_sync.defs.warehouse_syncs.jobs import SYNC_TAG
+from conversion_sync.salesforce.campaigns.member_errors import CampaignFailures, campaign_failures_of_run
 from conversion_sync.store import sync_state
 from conversion_sync.store.connection import sqlalchemy_url
 from conversion_sync.store.contact_store import ContactStore
@@ -72,13 +74,10 @@ def secret_env_names(project: ProjectConfig) -> list[str]:
     return sorted(set(names))
 
 
-def _store_record(store: ContactStore, run_id: str, sync_name: str) -> sync_state.SyncRunRecord | None:
-    """The store's record of this run of this sync, or None when it has none.
-
-    A short-lived connection with a connect and statement timeout: a store that is down (maybe why the
-    run failed) must not hang the sensor past Dagster's evaluation timeout; it raises instead.
-    """
-    engine = sa.create_engine(
+def _short_lived_engine(store: ContactStore) -> sa.Engine:
+    """A connection with a connect and statement timeout: a store that is down (maybe why the run failed) must
+    not hang the sensor past Dagster's evaluation timeout; it raises instead."""
+    return sa.create_engine(
         sqlalchemy_url(store.resolved_url()),
         poolclass=sa.pool.NullPool,
         connect_args={
@@ -86,12 +85,55 @@ def _store_record(store: ContactStore, run_id: str, sync_name: str) -> sync_stat
             "options": f"-c statement_timeout={STORE_TIMEOUT_S * 1000}",
         },
     )
+
+
+def _store_record(store: ContactStore, run_id: str, sync_name: str) -> sync_state.SyncRunRecord | None:
+    """The store's record of this run of this sync, or None when it has none (raises when the store is down)."""
+    engine = _short_lived_engine(store)
     try:
         with engine.connect() as conn:
             record = sync_state.get_run(conn, run_id)
     finally:
         engine.dispose()
     return record if record is not None and record.sync_name == sync_name else None
+
+
+def _failure_kind(event: dg.DagsterEvent) -> str | None:
+    """The `failure_kind` metadata of a failed step's dg.Failure, if it has one."""
+    user_failure = event.step_failure_data.user_failure_data
+    value = user_failure.metadata.get(FAILURE_KIND) if user_failure is not None else None
+    text = getattr(value, "value", value)
+    return text if isinstance(text, str) else None
+
+
+def standing_campaign_failure(context: dg.RunFailureSensorContext, store: ContactStore) -> str | None:
+    """Why no alert is due for this failed run, or None when one is.
+
+    No alert is due when the run failed only because campaigns could not be reconciled and the store says
+    each of their errors is standing: first found by an earlier run whose alert went out, and seen again by
+    every run since with no successful reconciliation in between. A changed error text, or an error coming
+    back after a success, is new, and alerted. When the store cannot be asked, the alert goes out.
+    """
+    events = context.get_step_failure_events()
+    if not events or any(_failure_kind(event) != CAMPAIGNS_FAILED for event in events):
+        return None
+    run_id = context.dagster_run.run_id
+    try:
+        engine = _short_lived_engine(store)
+        try:
+            with engine.connect() as conn:
+                failures: CampaignFailures = campaign_failures_of_run(conn, run_id)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # an alert too many beats one lost
+        context.log.warning(f"could not read run {run_id}'s campaign errors ({type(exc).__name__}); alerting")
+        return None
+    if not failures.only_standing:
+        return None
+    return (
+        f"run {run_id} failed only on {failures.standing} standing campaign error(s), alerted when first "
+        "found: no alert"
+    )
 
 
 def _counts(values: dict[str, Any]) -> dict[str, int | float]:
@@ -232,7 +274,8 @@ def run_failure_alert_sensor(project: ProjectConfig) -> dg.SensorDefinition:
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"POSTs a JSON alert to ${WEBHOOK_URL_ENV} (when set) for every failed run: sync, run, "
-        "error, counts so far and a link to the run page",
+        "error, counts so far and a link to the run page; a campaign reconciliation failing again on the same "
+        "campaign errors is alerted once",
     )
     def alert_on_run_failure(
         context: dg.RunFailureSensorContext, contact_store: dg.ResourceParam[ContactStore]
@@ -240,6 +283,10 @@ def run_failure_alert_sensor(project: ProjectConfig) -> dg.SensorDefinition:
         run_id = context.dagster_run.run_id
         if webhook_url() is None:
             context.log.info(f"{WEBHOOK_URL_ENV} is not set: no alert for failed run {run_id}")
+            return
+        standing = standing_campaign_failure(context, contact_store)
+        if standing is not None:
+            context.log.info(standing)
             return
         delivery = send_alert(failure_alert(context, contact_store), extra_secret_env=secret_env)
         if delivery is not None:

@@ -23,6 +23,10 @@ from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.identity import IdentityMatcher
 
 RECONCILE_ASSET = "campaign_reconciliation"
+FAILURE_KIND = "failure_kind"
+CAMPAIGNS_FAILED = "campaigns_failed"
+"""The failure metadata `failure_kind` of a run failed only by campaigns that could not be reconciled (their
+errors are in campaign_member_errors): the failure alert goes out only when one of them is new."""
 _CAMPAIGN_COLUMNS = (
     "read_salesforce",
     "imported",
@@ -127,6 +131,19 @@ def reconcile_metadata(outcome: ReconcileOutcome) -> dict[str, Any]:
     return metadata
 
 
+def campaigns_failed_description(outcome: ReconcileOutcome) -> str:
+    """Why the run failed: each failed campaign and its error, new ones first, standing ones said to be so."""
+    failed = sorted(outcome.failed, key=lambda c: c.standing_failure)
+    problems = "; ".join(
+        f"'{c.name}'{' (standing, reported before)' if c.standing_failure else ''}: {c.failed}"
+        for c in failed
+    )
+    return (
+        f"{len(failed)} of {len(outcome.campaigns)} campaign(s) could not be reconciled ({problems}); the others "
+        "were. The run stays failed until every campaign reconciles; the alert is sent once per error."
+    )
+
+
 def _reconcile_description(config: SalesforceConfig, not_configured: str | None) -> str:
     text = (
         f"Two-way campaign member reconciliation on `{config.reconcile_schedule}`: for every store campaign "
@@ -202,15 +219,13 @@ def campaign_reconciliation_asset(
         finally:
             client.close()
         metadata = reconcile_metadata(outcome)
-        if outcome.new_failures:
-            problems = "; ".join(f"'{c.name}': {c.failed}" for c in outcome.new_failures)
+        if outcome.failed:
+            # a green run means every campaign is right: a standing failure fails the run too; the failure
+            # alert is sent once per standing error (the alert sensor asks the store, see CAMPAIGNS_FAILED)
             raise dg.Failure(
-                description=f"{len(outcome.new_failures)} of {len(outcome.campaigns)} campaign(s) could not be "
-                f"reconciled ({problems}); the others were.",
-                metadata=metadata,
+                description=campaigns_failed_description(outcome),
+                metadata={**metadata, FAILURE_KIND: dg.MetadataValue.text(CAMPAIGNS_FAILED)},
             )
-        # a campaign failing as its previous run reported (logged as a warning by the reconciler) is not a new
-        # failure: the run succeeds, so the failure alert is not sent again on every run
         totals = outcome.totals
         context.log.info(
             f"Campaign reconciliation: {len(outcome.campaigns)} campaign(s), imported {totals.imported}, "

@@ -169,3 +169,29 @@ class MemberErrorLog:
         with self.store.begin() as conn:
             rows = conn.exec_driver_sql(RUN_ERRORS_PREVIEW_SQL, (self.run_id, ERROR_PREVIEW_LIMIT)).mappings()
             return [dict(r) for r in rows]
+
+
+CAMPAIGN_FAILURES_OF_RUN_SQL = """
+    SELECT count(*) FILTER (WHERE run_id = %(run)s) AS new, count(*) FILTER (WHERE run_id <> %(run)s) AS standing
+    FROM campaign_member_errors WHERE direction = 'link' AND last_run_id = %(run)s"""
+
+
+@dataclass(frozen=True)
+class CampaignFailures:
+    """The campaign failures (`link` errors) a reconciliation run saw: first found by it, or standing (found by
+    an earlier run and seen again in each run since, with no successful run in between)."""
+
+    new: int
+    standing: int
+
+    @property
+    def only_standing(self) -> bool:
+        """Every failure of the run was reported before: no alert is due."""
+        return self.new == 0 and self.standing > 0
+
+
+def campaign_failures_of_run(conn: sa.Connection, run_id: str) -> CampaignFailures:
+    """How many of the campaign failures a run saw were new, and how many standing. An error whose text
+    changes is a new error; one that comes back after a successful run is new again."""
+    row = conn.exec_driver_sql(CAMPAIGN_FAILURES_OF_RUN_SQL, {"run": run_id}).one()
+    return CampaignFailures(int(row.new or 0), int(row.standing or 0))
