@@ -255,32 +255,40 @@ def _reference_problems(project: ProjectConfig, sync: SyncConfig) -> list[Config
         if problem:
             found.append(ConfigProblem(file, "after", problem))
     for key in sync.deps:
-        upstream = sync_name_of_key(tuple(key.split("/")))
-        if upstream is None or upstream == sync.name:
-            continue  # not a sync's key; naming itself is a cycle, reported as one
-        if upstream not in project.syncs and upstream not in project.broken_syncs:
-            problem = _upstream_problem(project, sync, upstream, "")
-        elif sync.run_on != "schedule":
-            problem = _upstream_problem(
-                project,
-                sync,
-                upstream,
-                f"its updates can never start sync '{sync.name}' (run_on: {sync.run_on})",
-            )
-        else:
-            problem = None  # lineage only: a schedule starts the sync
+        problem = _deps_problem(project, sync, key)
         if problem:
             found.append(ConfigProblem(file, "deps", f"'{key}': {problem}"))
     return found
 
 
-def _upstream_problem(project: ProjectConfig, sync: SyncConfig, upstream: str, consequence: str) -> str | None:
-    """Why sync `upstream` cannot be waited for by `sync`, naming both, or None when it can."""
+def _deps_problem(project: ProjectConfig, sync: SyncConfig, key: str) -> str | None:
+    """A `deps:` key naming a sync: it must exist; when its updates start `sync` (run_on: upstream or both)
+    it must also be valid and, for an enabled sync, enabled. Other keys are not checked."""
+    upstream = sync_name_of_key(tuple(key.split("/")))
+    if upstream is None or upstream == sync.name:
+        return None  # not a sync's key; naming itself is a cycle, reported as one
+    if upstream not in project.syncs and upstream not in project.broken_syncs:
+        return _unknown_sync(project, sync, upstream)
+    if sync.run_on == "schedule":
+        return None  # lineage only: the schedule starts the sync
+    consequence = f"its updates can never start sync '{sync.name}' (run_on: {sync.run_on})"
+    return _upstream_problem(project, sync, upstream, consequence)
+
+
+def _unknown_sync(project: ProjectConfig, sync: SyncConfig, upstream: str) -> str:
+    known = ", ".join(sorted(n for n in project.syncs if n != sync.name)) or "none"
+    return f"sync '{sync.name}' names unknown sync '{upstream}'; known syncs: {known}"
+
+
+def _upstream_problem(
+    project: ProjectConfig, sync: SyncConfig, upstream: str, consequence: str
+) -> str | None:
+    """Why sync `upstream` cannot be waited for by `sync` (`consequence` says what it breaks), naming both,
+    or None when it can."""
     if upstream in project.broken_syncs:
         return f"sync '{upstream}' is broken (see {project.broken_syncs[upstream].file}), so {consequence}"
     if upstream not in project.syncs:
-        known = ", ".join(sorted(n for n in project.syncs if n != sync.name)) or "none"
-        return f"sync '{sync.name}' names unknown sync '{upstream}'; known syncs: {known}"
+        return _unknown_sync(project, sync, upstream)
     if sync.enabled and not project.syncs[upstream].enabled:
         return (
             f"sync '{upstream}' is disabled (enabled: false), so {consequence}; disable '{sync.name}' too, "

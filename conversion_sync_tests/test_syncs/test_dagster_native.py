@@ -334,3 +334,42 @@ def test_runs_started_by_upstream_updates_carry_the_sync_tag(world: SyncWorld, t
         assert by_sync["plans"].asset_selection == {asset_key("plans")}
         scores_runs = instance.get_runs(filters=dg.RunsFilter(tags={SYNC_TAG: "scores"}))
         assert [run.run_id for run in scores_runs] == [by_sync["scores"].run_id]
+
+
+def test_a_warehouse_key_prefix_puts_its_tables_under_the_keys_a_dbt_project_gives_them(
+    world: SyncWorld, tmp_path: Path
+) -> None:
+    """`asset_key_prefix: [dbt]` keys the tables of that warehouse dbt/<schema>/<table>; the same table read
+    through another warehouse keeps its own key, and `deps:` keys are taken as written. A dbt model keyed
+    dbt/marts/scores (a translator that prefixes 'dbt', a model with schema 'marts') starts the sync."""
+    world.warehouses["dbt_wh"] = (
+        f"{{type: duckdb, path: '{tmp_path / 'other.duckdb'}', asset_key_prefix: [dbt]}}"
+    )
+    world.add_sync("plain", "SELECT email FROM marts.scores", schedule="hourly")
+    world.add_sync(
+        "prefixed",
+        "SELECT s.email FROM marts.scores s JOIN users USING (email)",
+        warehouse="dbt_wh",
+        deps="[raw/events]",
+        run_on="upstream",
+    )
+    defs = build_definitions(world.project())
+    graph = defs.resolve_asset_graph()
+    assert graph.get(asset_key("prefixed")).parent_keys == {
+        dg.AssetKey(["dbt", "marts", "scores"]),
+        dg.AssetKey(["dbt", "users"]),
+        dg.AssetKey(["raw", "events"]),
+    }
+    assert graph.get(asset_key("plain")).parent_keys == {dg.AssetKey(["marts", "scores"])}
+    prefixed_table = graph.get(dg.AssetKey(["dbt", "marts", "scores"]))
+    assert not prefixed_table.is_materializable
+    assert prefixed_table.metadata["dagster/table_name"] == "marts.scores"
+    assert "read by the syncs `prefixed`" in (prefixed_table.description or "")
+    with dg.instance_for_test() as instance:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(dg.AssetMaterialization(["marts", "scores"]))
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.total_requested == 0, "the unprefixed key is another asset"
+        instance.report_runless_asset_event(dg.AssetMaterialization(["dbt", "marts", "scores"]))
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.get_num_requested(asset_key("prefixed")) == 1

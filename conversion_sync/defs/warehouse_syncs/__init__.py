@@ -14,7 +14,13 @@ from conversion_sync.defs.freshness import policy_for_interval, sync_intervals
 from conversion_sync.defs.lineage import SyncLineage, deps_keys
 from conversion_sync.defs.warehouse_syncs.assets import asset_key, rejected_rate_check, sync_asset
 from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP, broken_sync_asset
-from conversion_sync.defs.warehouse_syncs.jobs import SYNC_TAG, after_sensor, job_name, sync_job, sync_schedule
+from conversion_sync.defs.warehouse_syncs.jobs import (
+    SYNC_TAG,
+    after_sensor,
+    job_name,
+    sync_job,
+    sync_schedule,
+)
 
 __all__ = ["SYNC_GROUP", "asset_key", "build_defs", "job_name", "upstream_condition", "upstream_sensor"]
 
