@@ -78,6 +78,16 @@ class PushConfig(PushRule):
 
     sources: PushSources = Field(default_factory=PushSources)
     bulk_threshold: int = Field(default=1000, gt=0)
+    schedule: str = "every 15 minutes"
+    """The push's own schedule, a safety net beside the push after each successful poll (a poll that failed,
+    or a push skipped because another was running, is caught up); `manual` turns it off. A tick while a poll
+    or a push is queued or running is skipped."""
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> str:
+        schedule_to_cron(str(value))
+        return str(value)
 
 
 def _shorthand(value: object) -> object:

@@ -539,7 +539,7 @@ def test_dagster_asset_materializes_and_never_shows_secrets(
     seed_contacts(standin_org, 30)
     resource = SalesforceSettings.from_env(backoff_seconds=0.01)
     defs = build_salesforce_definitions(config(poll_upper_bound_lag=timedelta(0)), resource)
-    [schedule] = defs.schedules
+    [schedule] = [s for s in defs.schedules or [] if s.name == POLL_SCHEDULE]
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     standin_org.add_fault("invalid_session", after=2)
     standin_org.add_fault("unavailable_503", after=3)
@@ -599,7 +599,7 @@ def test_without_credentials_the_code_location_loads_stopped(monkeypatch: pytest
     resource = SalesforceSettings.from_env()
     defs = build_salesforce_definitions(config(), resource)
     [asset] = [a for a in defs.assets if dg.AssetKey(POLL_ASSET) in a.keys]  # type: ignore[union-attr]
-    [schedule] = defs.schedules
+    [schedule] = [s for s in defs.schedules or [] if s.name == POLL_SCHEDULE]
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert "NOT CONFIGURED" in (asset.specs_by_key[dg.AssetKey(POLL_ASSET)].description or "")
     definitions = dg.Definitions(
@@ -626,7 +626,7 @@ def test_without_credentials_the_code_location_loads_stopped(monkeypatch: pytest
 
 def test_schedule_skips_while_the_previous_poll_runs(planted_env: dict[str, str]) -> None:
     defs = build_salesforce_definitions(config(), SalesforceSettings.from_env())
-    [schedule] = defs.schedules
+    [schedule] = [s for s in defs.schedules or [] if s.name == POLL_SCHEDULE]
     assert schedule.name == POLL_SCHEDULE
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance)

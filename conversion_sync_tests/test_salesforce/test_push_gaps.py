@@ -3,10 +3,23 @@ Contact created under the Account its company name matches, and Salesforce's own
 
 from __future__ import annotations
 
+import threading
+import uuid
 from datetime import timedelta
 
+import dagster as dg
+import pytest
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.defs.salesforce import POLL_JOB, PUSH_JOB, PUSH_SCHEDULE, PUSH_SENSOR
+from conversion_sync.defs.salesforce import build_defs as build_salesforce_definitions
+from conversion_sync.salesforce.budget import ApiBudget
 from conversion_sync.salesforce.clock import parse_salesforce_datetime
-from conversion_sync.salesforce.push import state
+from conversion_sync.salesforce.push import PushInProgress, SalesforcePusher, state
+from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync_dev.salesforce_standin import Org
 from conversion_sync_tests.test_salesforce.test_push import Harness, config, harness, writes
 
@@ -243,3 +256,118 @@ def test_a_store_edit_during_the_push_keeps_its_own_stamp(harness: Harness) -> N
     org.reset_stats()
     assert harness.push().counts.updated == 1
     assert lead(org, "r@example.com")["Title"] == "Second"
+
+
+# -- when a push may start ----------------------------------------------------------------------------------
+
+
+def test_push_schedule_and_after_poll_sensor_never_start_a_push_beside_a_poll_or_a_push(
+    harness: Harness,
+) -> None:
+    """With a real instance: the push schedule (default every 15 minutes) and the after-poll sensor request a
+    push only while no poll and no push run is queued or running; the pool `salesforce_api` would not stop
+    them (it limits ops, two or three at once), so both look at the instance's runs. `manual` drops the
+    schedule; a bad phrase is refused."""
+    defs = build_salesforce_definitions(harness.config, harness.resource)
+    [schedule] = [s for s in defs.schedules or [] if s.name == PUSH_SCHEDULE]
+    [sensor] = [s for s in defs.sensors or [] if s.name == PUSH_SENSOR]
+    assert schedule.cron_schedule == "*/15 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    definitions = dg.Definitions(
+        assets=defs.assets,
+        jobs=defs.jobs,
+        resources={
+            "contact_store": harness.store,
+            "identity": IdentityMatcher(),
+            "salesforce": harness.resource,
+        },
+    )
+    with dg.instance_for_test() as instance:
+
+        def tick() -> dg.ScheduleExecutionData:
+            return schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+
+        def hold(job: str, status: dg.DagsterRunStatus) -> str:
+            """A run of `job` in `status` (a queued run needs the origin the daemon would launch it from)."""
+            run_id = str(uuid.uuid4())
+            location = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=__file__))
+            origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job)
+            instance.add_run(DagsterRun(job_name=job, run_id=run_id, status=status, remote_job_origin=origin))
+            return run_id
+
+        assert len(tick().run_requests or []) == 1
+        for job, status in (
+            (POLL_JOB, dg.DagsterRunStatus.QUEUED),
+            (POLL_JOB, dg.DagsterRunStatus.STARTED),
+            (PUSH_JOB, dg.DagsterRunStatus.QUEUED),
+            (PUSH_JOB, dg.DagsterRunStatus.STARTING),
+        ):
+            run_id = hold(job, status)
+            data = tick()
+            assert not data.run_requests and data.skip_message and run_id in data.skip_message, (job, status)
+            instance.delete_run(run_id)
+        hold(POLL_JOB, dg.DagsterRunStatus.SUCCESS)
+        hold(PUSH_JOB, dg.DagsterRunStatus.FAILURE)
+        assert len(tick().run_requests or []) == 1  # finished runs do not hold it back
+
+        # the sensor, on a real poll run's success
+        harness.settle()
+        poll = definitions.resolve_job_def(POLL_JOB).execute_in_process(instance=instance)
+        assert poll.success
+        [success] = instance.all_logs(poll.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
+        assert success.dagster_event is not None
+        poll_run = instance.get_run_by_id(poll.run_id)
+        assert poll_run is not None
+
+        def after_poll() -> object:
+            context = dg.build_run_status_sensor_context(
+                sensor_name=PUSH_SENSOR,
+                dagster_event=success.dagster_event,
+                dagster_instance=instance,
+                dagster_run=poll_run,
+            )
+            return sensor(context)  # type: ignore[call-arg]
+
+        request = after_poll()
+        assert isinstance(request, dg.RunRequest) and request.run_key == f"after_poll_{poll.run_id}"
+        for job in (POLL_JOB, PUSH_JOB):
+            run_id = hold(job, dg.DagsterRunStatus.QUEUED)
+            skipped = after_poll()
+            assert isinstance(skipped, dg.SkipReason) and run_id in str(skipped.skip_message)
+            instance.delete_run(run_id)
+
+    manual = build_salesforce_definitions(config(push={"schedule": "manual"}), harness.resource)
+    assert PUSH_SCHEDULE not in {s.name for s in manual.schedules or []}
+    with pytest.raises(ValueError, match="not a schedule"):
+        SalesforceConfig.model_validate({"push": {"schedule": "whenever"}})
+
+
+def test_a_push_launched_beside_a_running_push_does_nothing(harness: Harness) -> None:
+    """Launched anyway (from the launchpad, or a sensor and a schedule in the same second), a second push finds
+    the first one's lock in the store and does nothing: no Salesforce call, no second Lead."""
+    harness.add_contacts([{"email": "solo@example.com", "last_name": "Solo"}])
+    holding, release = threading.Event(), threading.Event()
+    client = harness.resource.connect(ApiBudget(reserve=0))
+    first = SalesforcePusher(harness.config, harness.store, client)
+    original = first._create_contacts
+
+    def slow_create() -> None:
+        holding.set()
+        release.wait(30)
+        original()
+
+    first._create_contacts = slow_create  # type: ignore[method-assign]
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        harness.org.reset_stats()
+        with pytest.raises(PushInProgress, match="another Salesforce push is running"):
+            harness.push()
+        assert harness.org.stats()["requests"].get("query", 0) == 0 and writes(harness.org) == 0
+    finally:
+        release.set()
+        thread.join(30)
+        client.close()
+    assert first.outcome.counts.created == 1
+    assert len(harness.salesforce("Lead", "solo@example.com")) == 1

@@ -1,4 +1,4 @@
-"""Salesforce polling in Dagster: the `salesforce_poll` asset, its job and schedule."""
+"""Salesforce in Dagster: the `salesforce_poll` asset, its job and schedule, and the contact push beside it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from conversion_sync.defs.salesforce.assets import (
     salesforce_poll_asset,
 )
 from conversion_sync.defs.salesforce.jobs import salesforce_job_and_schedule
-from conversion_sync.defs.salesforce.push import PUSH_ASSET, PUSH_JOB, PUSH_SENSOR, build_push_defs
+from conversion_sync.defs.salesforce.push import (
+    PUSH_ASSET,
+    PUSH_JOB,
+    PUSH_SCHEDULE,
+    PUSH_SENSOR,
+    build_push_defs,
+)
 from conversion_sync.salesforce.client import SalesforceSettings
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "POLL_SCHEDULE",
     "PUSH_ASSET",
     "PUSH_JOB",
+    "PUSH_SCHEDULE",
     "PUSH_SENSOR",
     "SALESFORCE_GROUP",
     "build_defs",

@@ -1,5 +1,7 @@
-"""The Salesforce contact push in Dagster: the `salesforce_push` asset, its job, and the sensor that runs it
-after each successful poll (never while a poll or another push runs).
+"""The Salesforce contact push in Dagster: the `salesforce_push` asset, its job, the sensor that runs it after
+each successful poll, and its safety-net schedule; neither launches a push while a poll or a push is queued or
+running (they look at the instance's runs: the `salesforce_api` pool limits ops, not runs, to two or three at
+once, so it would let a push run beside a poll).
 
 No `from __future__ import annotations` here: Dagster reads the asset's config and resource annotations at
 runtime.
@@ -11,6 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from conversion_sync.config.salesforce import SalesforceConfig
+from conversion_sync.config.schedules import schedule_to_cron
 from conversion_sync.defs.automation import SALESFORCE_POOL, in_progress_run
 from conversion_sync.defs.salesforce.assets import SALESFORCE_GROUP
 from conversion_sync.defs.salesforce.jobs import SALESFORCE_TAG
@@ -23,6 +26,7 @@ from conversion_sync.store.contact_store import ContactStore
 PUSH_ASSET = "salesforce_push"
 PUSH_JOB = "salesforce_push_job"
 PUSH_SENSOR = "salesforce_push_after_poll"
+PUSH_SCHEDULE = "salesforce_push_schedule"
 
 
 class PushRunConfig(dg.Config):
@@ -63,7 +67,8 @@ def salesforce_push_asset(config: SalesforceConfig, salesforce: SalesforceSettin
         "Pushes store contacts to Salesforce: creates the ones the push rules send (default "
         f"`{push.create}`, as {push.as_}) after searching Salesforce by email, and writes linked contacts' "
         "changed fields where the store value wins (conversion_wins, or most_recent when newer). Runs after "
-        "each successful poll; launch it with `emails` or `all_pending` to sync contacts later."
+        f"each successful poll, and on `{push.schedule}` as a safety net, never while a poll or another push "
+        "is queued or running; launch it with `emails` or `all_pending` to sync contacts later."
     )
     if not_configured:
         description = f"NOT CONFIGURED: {not_configured}.\n\n{description}"
@@ -74,7 +79,12 @@ def salesforce_push_asset(config: SalesforceConfig, salesforce: SalesforceSettin
         description=description,
         kinds={"salesforce", "postgres"},
         pool=SALESFORCE_POOL,
-        metadata={"create": push.create, "as": push.as_, "bulk_threshold": push.bulk_threshold},
+        metadata={
+            "create": push.create,
+            "as": push.as_,
+            "bulk_threshold": push.bulk_threshold,
+            "push_schedule": push.schedule,  # not `schedule`: its freshness follows the poll it runs after
+        },
     )
     def salesforce_push(
         context: dg.AssetExecutionContext,
@@ -122,9 +132,20 @@ def push_job() -> Any:
     )
 
 
+def push_blocked_by(
+    context: dg.ScheduleEvaluationContext | dg.RunStatusSensorContext, poll_job_name: str
+) -> str | None:
+    """Why no push may start now: a poll or a push run of this instance is queued or running; else None."""
+    for name, what in ((poll_job_name, "a Salesforce poll"), (PUSH_JOB, "a Salesforce push")):
+        running = in_progress_run(context, name)
+        if running:
+            return f"{what} is queued or running (run {running})"
+    return None
+
+
 def push_after_poll_sensor(poll_job: Any, job: Any, salesforce: SalesforceSettings) -> dg.SensorDefinition:
-    """Requests a push after each successful poll, unless a poll or a push is running (the next poll's
-    success asks again)."""
+    """Requests a push after each successful poll, unless a poll or a push is queued or running (the next
+    poll's success, or the push schedule, asks again)."""
     not_configured = salesforce.not_configured_reason
 
     @dg.run_status_sensor(
@@ -136,22 +157,58 @@ def push_after_poll_sensor(poll_job: Any, job: Any, salesforce: SalesforceSettin
         description="Runs the Salesforce push after each successful poll; skipped while a poll or a push runs",
     )
     def _after_poll(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-        for name, what in ((poll_job.name, "a Salesforce poll"), (PUSH_JOB, "a Salesforce push")):
-            running = in_progress_run(context, name)
-            if running:
-                return dg.SkipReason(f"{what} is running (run {running}); the next poll's success asks again")
+        blocked = push_blocked_by(context, poll_job.name)
+        if blocked:
+            return dg.SkipReason(f"{blocked}; the next poll's success asks again")
         return dg.RunRequest(run_key=f"after_poll_{context.dagster_run.run_id}")
 
     return _after_poll
 
 
+def push_schedule(
+    config: SalesforceConfig, poll_job: Any, job: Any, salesforce: SalesforceSettings
+) -> dg.ScheduleDefinition | None:
+    """The push on `push.schedule` (None for `manual`): a tick while a poll or a push is queued or running
+    is skipped; stopped (and skipping) while Salesforce has no credentials."""
+    phrase = config.push.schedule
+    cron = schedule_to_cron(phrase)
+    if cron is None:
+        return None
+    not_configured = salesforce.not_configured_reason
+    poll_job_name = poll_job.name
+
+    @dg.schedule(
+        name=PUSH_SCHEDULE,
+        cron_schedule=cron,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.STOPPED
+        if not_configured
+        else dg.DefaultScheduleStatus.RUNNING,
+        description=f"{phrase} ({cron}): the push as a safety net beside the push after each poll; a tick "
+        "while a poll or a push is queued or running is skipped"
+        + (f". Stopped: {not_configured}" if not_configured else ""),
+        execution_timezone="UTC",
+    )
+    def _push_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if not_configured:
+            return dg.SkipReason(f"Salesforce is not configured: {not_configured}")
+        blocked = push_blocked_by(context, poll_job_name)
+        if blocked:
+            return dg.SkipReason(f"{blocked}; tick skipped")
+        return dg.RunRequest()
+
+    return _push_schedule
+
+
 def build_push_defs(
     config: SalesforceConfig, salesforce: SalesforceSettings, poll_job: Any
 ) -> dg.Definitions:
-    """The push asset, its job and the after-poll sensor."""
+    """The push asset, its job, the after-poll sensor and the schedule (unless `manual`)."""
     job = push_job()
+    schedule = push_schedule(config, poll_job, job, salesforce)
     return dg.Definitions(
         assets=[salesforce_push_asset(config, salesforce)],
         jobs=[job],
         sensors=[push_after_poll_sensor(poll_job, job, salesforce)],
+        schedules=[schedule] if schedule else [],
     )
