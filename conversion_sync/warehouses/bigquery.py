@@ -1,4 +1,5 @@
-"""BigQuery warehouse: google-cloud-bigquery's client, checked with a dry run, streamed page by page."""
+"""BigQuery warehouse: google-cloud-bigquery's client (built by dagster-gcp's BigQueryResource in production),
+checked with a dry run, streamed page by page."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,12 +15,15 @@ import google.auth
 import google.auth.exceptions
 import pyarrow as pa
 import requests
+from dagster import EnvVar
+from dagster_gcp import BigQueryResource
 from google.api_core import exceptions as api_exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
+from conversion_sync.config.secrets import EnvRef, Setting
 from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
@@ -45,14 +50,16 @@ _CONNECTION_ERRORS = (
 class BigQueryWarehouse(Warehouse):
     """A BigQuery project, queried with `google.cloud.bigquery.Client`.
 
-    dagster-gcp's `BigQueryResource` is not used: it cannot take an API endpoint (for emulators and
-    the test stand-in) or in-memory credentials; it writes the key to a temporary file and points the
-    process-wide GOOGLE_APPLICATION_CREDENTIALS at it, which is unsafe with concurrent runs. The client
-    is built the same way otherwise (project, location).
+    Two ways to the client:
+    - production (no `api_endpoint`): dagster-gcp's `BigQueryResource` (project, location, gcp_credentials)
+      builds it, the same resource the code location exposes as `bigquery_<warehouse>`. Its credentials go
+      through a temporary key file named by GOOGLE_APPLICATION_CREDENTIALS while the client is built; that
+      is serialised by a process-wide lock (the client keeps the loaded credentials, not the file);
+    - `api_endpoint` set (an emulator, the test stand-in): the client is built directly, with in-memory
+      credentials (anonymous when none are configured) and that endpoint.
 
     Credentials: `credentials` is the service-account (or other Google credential) JSON text, or its
-    base64; without it, Application Default Credentials are used, or anonymous access when
-    `api_endpoint` points at an emulator.
+    base64; without it, Application Default Credentials are used.
 
     Read-only: BigQuery has no read-only jobs, so every query is first dry-run (free, runs nothing)
     and anything whose statement type is not SELECT is rejected before it runs.
@@ -72,16 +79,23 @@ class BigQueryWarehouse(Warehouse):
         self.retry_timeout = retry_timeout
         self._client: bigquery.Client | None = None
 
-    def _credentials(self, endpoint: str | None) -> Credentials | None:
+    def _credentials_info(self) -> dict[str, Any] | None:
+        """The configured credentials parsed (None when none are configured); their secrets remembered."""
         text = self._resolve(self.config.credentials, secret=True)
         if not text:
-            return AnonymousCredentials() if endpoint else None
+            return None
         info = _credentials_info(text)
         if info is None:
             raise self._connection_error(
                 "credentials are not Google credentials JSON (service-account key file contents, or its base64)"
             )
         self._add_secret(*(str(info[k]) for k in _SECRET_KEYS if info.get(k)))
+        return info
+
+    def _credentials(self, endpoint: str | None) -> Credentials | None:
+        info = self._credentials_info()
+        if info is None:
+            return AnonymousCredentials() if endpoint else None
         try:
             credentials, _ = google.auth.load_credentials_from_dict(info, scopes=_SCOPES)
         except Exception as exc:
@@ -94,17 +108,32 @@ class BigQueryWarehouse(Warehouse):
             project = self._resolve(c.project)
             location = self._resolve(c.location)
             endpoint = self._resolve(c.api_endpoint)
+            if not endpoint:
+                self._client = self._client_from_resource(project, location)
+                return self._client
             credentials = self._credentials(endpoint)
             try:
                 self._client = bigquery.Client(
                     project=project,
                     location=location,
                     credentials=credentials,
-                    client_options=ClientOptions(api_endpoint=endpoint) if endpoint else None,
+                    client_options=ClientOptions(api_endpoint=endpoint),
                 )
             except Exception as exc:
                 raise self._connection_error(_api_message(exc)) from None
         return self._client
+
+    def _client_from_resource(self, project: str | None, location: str | None) -> bigquery.Client:
+        """The production client, built by dagster-gcp's BigQueryResource from the resolved settings."""
+        info = self._credentials_info()
+        encoded = base64.b64encode(json.dumps(info).encode()).decode() if info is not None else None
+        self._add_secret(encoded)
+        resource = BigQueryResource(project=project, location=location, gcp_credentials=encoded)
+        try:
+            with _RESOURCE_CLIENT_LOCK, resource.get_client() as client:
+                return client
+        except Exception as exc:
+            raise self._connection_error(_api_message(exc)) from None
 
     def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         return self._batches(sql, check_batch_rows(batch_rows))
@@ -146,6 +175,33 @@ class BigQueryWarehouse(Warehouse):
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
                 client.close()
+
+
+_RESOURCE_CLIENT_LOCK = threading.Lock()
+"""BigQueryResource points the process's GOOGLE_APPLICATION_CREDENTIALS at a temporary key file while it
+builds a client: one client at a time per process."""
+
+
+def resource_key(warehouse_name: str) -> str:
+    """The code location's resource key for a BigQuery warehouse: `bigquery_<warehouse>`."""
+    return f"bigquery_{warehouse_name}"
+
+
+def bigquery_resource(config: BigQueryWarehouseConfig) -> BigQueryResource:
+    """dagster-gcp's BigQueryResource for a warehouse, each `{env: VAR}` setting kept as `dg.EnvVar(VAR)` so
+    that no value (above all the credentials) is written into run config or shown in the UI.
+
+    dagster-gcp reads `gcp_credentials` as base64 of the key JSON; the engine itself also accepts the JSON.
+    """
+    return BigQueryResource(
+        project=_env_or_literal(config.project),
+        location=_env_or_literal(config.location),
+        gcp_credentials=_env_or_literal(config.credentials),
+    )
+
+
+def _env_or_literal(value: Setting | None) -> str | None:
+    return EnvVar(value.env) if isinstance(value, EnvRef) else value
 
 
 _EXTENSION_NAME = b"ARROW:extension:name"

@@ -6,11 +6,14 @@ import abc
 import contextlib
 import json
 import logging
+import re
+import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import duckdb
 import psycopg
@@ -21,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.secrets import MissingEnvironmentVariable, resolve_setting
 from conversion_sync.config.warehouses import (
+    BigQueryWarehouseConfig,
     DuckDBWarehouseConfig,
     PostgresWarehouseConfig,
     SnowflakeWarehouseConfig,
@@ -28,12 +32,15 @@ from conversion_sync.config.warehouses import (
 from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
 
+if TYPE_CHECKING:
+    from google.cloud import bigquery
+
 RUNS_TABLE = "sync_runs"
 REJECTIONS_TABLE = "sync_rejections"
 COUNT_COLUMNS = ("queried", "added", "changed", "unchanged", "removed", "rejected", "skipped")
 CHUNK_ROWS = 5_000
 """Rejected rows are copied from the store to the warehouse in chunks of this many rows."""
-SUPPORTED_KINDS = ("duckdb", "postgres", "snowflake")
+SUPPORTED_KINDS = ("duckdb", "postgres", "snowflake", "bigquery")
 
 _log = logging.getLogger(__name__)
 
@@ -432,7 +439,220 @@ def _snowflake_insert(
     return statement, [r[n] for r in rows for n in names]
 
 
-def _schema_of(config: DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig) -> str:
+BIGQUERY_TYPES = {
+    "VARCHAR": ("STRING", "STRING"),
+    "TIMESTAMPTZ": ("TIMESTAMP", "TIMESTAMP"),
+    "DOUBLE": ("FLOAT", "FLOAT64"),
+    "BIGINT": ("INTEGER", "INT64"),
+    "JSON": ("JSON", "STRING"),
+}
+"""The runs and rejections tables' DuckDB column types in BigQuery: (column type, query parameter type).
+JSON goes in as text and through PARSE_JSON."""
+_BIGQUERY_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_BIGQUERY_STAGING_HOURS = 24
+"""A staging table left behind by a crash expires after this long."""
+_BIGQUERY_ATTEMPTS = 4
+"""Tries of the replace transaction when BigQuery aborts it for a concurrent update of the same table."""
+_CONCURRENT_UPDATE = re.compile(r"concurrent update|could not serialize access", re.IGNORECASE)
+
+
+class BigQuerySyncLogWriter(SyncLogWriter):
+    """Sync logs in a BigQuery dataset, through google-cloud-bigquery with the warehouse's own client.
+
+    The dataset and both tables are created when missing (clustered by sync_name, run_id; JSON columns are
+    JSON, times TIMESTAMP). The rejected rows are spooled to a temporary file as newline-delimited JSON
+    and loaded (a free load job) into a staging table that expires in a day; then one multi-statement
+    transaction deletes the run's earlier entries, inserts its summary (query parameters) and copies the
+    staged rows, so readers see the run whole or not at all. A transaction BigQuery aborts for a
+    concurrent update of the same table (two runs logged at once) is retried. The staging table is
+    dropped afterwards. The account needs bigquery.datasets.create (or an existing dataset),
+    bigquery.tables.create/updateData/delete on it, and bigquery.jobs.create.
+    """
+
+    kind = "bigquery"
+
+    def __init__(
+        self, warehouse_name: str, config: BigQueryWarehouseConfig, *, retry_timeout: float = 120.0
+    ) -> None:
+        super().__init__(warehouse_name, _schema_of(config))
+        self.config = config
+        self.retry_timeout = retry_timeout
+
+    def append(self, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
+        from conversion_sync.warehouses.bigquery import BigQueryWarehouse, _api_message
+
+        if not _BIGQUERY_DATASET.match(self.schema):
+            raise SyncLogError(
+                f"{self.label}: a BigQuery dataset name has only letters, digits and underscores"
+            )
+        warehouse = BigQueryWarehouse(self.warehouse_name, self.config, retry_timeout=self.retry_timeout)
+        try:
+            client = warehouse._connect()
+            return self._append(client, run, rejected)
+        except SyncLogError:
+            raise
+        except Exception as exc:
+            raise SyncLogError(f"{self.label}: {warehouse._scrub(_api_message(exc))}") from None
+        finally:
+            warehouse.close()
+
+    def _append(self, client: bigquery.Client, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
+        from google.cloud import bigquery
+        from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+        retry = DEFAULT_RETRY.with_timeout(self.retry_timeout)
+        dataset = bigquery.Dataset(bigquery.DatasetReference(client.project, self.schema))
+        dataset.location = client.location
+        client.create_dataset(dataset, exists_ok=True, retry=retry)
+        for table, columns in ((RUNS_TABLE, RUN_COLUMNS), (REJECTIONS_TABLE, REJECTION_COLUMNS)):
+            created = bigquery.Table(dataset.table(table), schema=_bigquery_schema(columns))
+            created.clustering_fields = ["sync_name", "run_id"]
+            client.create_table(created, exists_ok=True, retry=retry)
+        logged_at = datetime.now(UTC)
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, mode="r+b") as spool:
+            written = _spool_rejections(spool, run, rejected, logged_at)
+            staging: str | None = None
+            try:
+                if written:
+                    staging = self._stage(client, dataset, spool, retry)
+                self._replace(client, run, logged_at, staging, retry)
+            finally:
+                if staging is not None:
+                    with contextlib.suppress(Exception):
+                        client.delete_table(dataset.table(staging), not_found_ok=True, retry=retry)
+        return written
+
+    def _stage(self, client: bigquery.Client, dataset: Any, spool: IO[bytes], retry: Any) -> str:
+        """Load the spooled rows into a new staging table (row_json as text); returns its name."""
+        from google.cloud import bigquery
+
+        name = f"_{REJECTIONS_TABLE}_staging_{uuid.uuid4().hex}"
+        staging = bigquery.Table(dataset.table(name), schema=_bigquery_schema(REJECTION_COLUMNS, staged=True))
+        staging.expires = datetime.now(UTC) + timedelta(hours=_BIGQUERY_STAGING_HOURS)
+        client.create_table(staging, retry=retry)
+        size = spool.tell()
+        spool.seek(0)
+        job = client.load_table_from_file(
+            spool,
+            staging.reference,
+            size=size,
+            job_config=bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                schema=staging.schema,
+                write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+                create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+            ),
+        )
+        job.result(retry=retry, timeout=self.retry_timeout)
+        return name
+
+    def _replace(
+        self, client: bigquery.Client, run: RunLog, logged_at: datetime, staging: str | None, retry: Any
+    ) -> None:
+        """The run's earlier entries replaced by its summary and staged rows, in one transaction."""
+        from google.api_core import exceptions as api_exceptions
+        from google.cloud import bigquery
+
+        runs, rejections = (f"`{self.schema}.{t}`" for t in (RUNS_TABLE, REJECTIONS_TABLE))
+        values = run.values(logged_at)
+        run_names = [name for name, _, _ in RUN_COLUMNS]
+        inserted = ", ".join(
+            f"PARSE_JSON(@run_{name})" if duck == "JSON" else f"@run_{name}" for name, duck, _ in RUN_COLUMNS
+        )
+        statements = [
+            "BEGIN TRANSACTION",
+            f"DELETE FROM {runs} WHERE sync_name = @run_sync_name AND run_id = @run_run_id",
+            f"DELETE FROM {rejections} WHERE sync_name = @run_sync_name AND run_id = @run_run_id",
+            f"INSERT INTO {runs} ({', '.join(run_names)}) VALUES ({inserted})",
+        ]
+        if staging is not None:
+            names = [name for name, _, _ in REJECTION_COLUMNS]
+            selected = ", ".join(
+                f"PARSE_JSON({name})" if duck == "JSON" else name for name, duck, _ in REJECTION_COLUMNS
+            )
+            statements.append(
+                f"INSERT INTO {rejections} ({', '.join(names)}) SELECT {selected} FROM `{self.schema}.{staging}`"
+            )
+        statements.append("COMMIT TRANSACTION")
+        parameters = [
+            bigquery.ScalarQueryParameter(
+                f"run_{name}", BIGQUERY_TYPES[duck][1], _bigquery_value(values[name])
+            )
+            for name, duck, _ in RUN_COLUMNS
+        ]
+        config = bigquery.QueryJobConfig(query_parameters=parameters)
+        for attempt in range(1, _BIGQUERY_ATTEMPTS + 1):
+            try:
+                client.query(";\n".join(statements) + ";", job_config=config, retry=retry).result(
+                    retry=retry, timeout=self.retry_timeout
+                )
+                return
+            except api_exceptions.GoogleAPICallError as exc:
+                if attempt == _BIGQUERY_ATTEMPTS or not _CONCURRENT_UPDATE.search(str(exc)):
+                    raise
+            time.sleep(0.5 * 2 ** (attempt - 1))
+
+
+def _bigquery_schema(columns: tuple[tuple[str, str, str], ...], *, staged: bool = False) -> list[Any]:
+    """The BigQuery columns of a log table; `staged`: JSON columns as STRING (the staging table's text)."""
+    from google.cloud import bigquery
+
+    return [
+        bigquery.SchemaField(name, "STRING" if staged and duck == "JSON" else BIGQUERY_TYPES[duck][0])
+        for name, duck, _ in columns
+    ]
+
+
+def _bigquery_value(value: Any) -> Any:
+    """A value as BigQuery's loads and parameters take it: times as aware UTC datetimes."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _bigquery_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+def _spool_rejections(
+    spool: IO[bytes], run: RunLog, rejected: Iterable[Sequence[RejectedRow]], logged_at: datetime
+) -> int:
+    """Write the rejected rows as newline-delimited JSON (one chunk at a time); returns how many."""
+    written = 0
+    logged = _bigquery_time(logged_at)
+    for chunk in rejected:
+        lines = [
+            json.dumps(
+                {
+                    "sync_name": run.sync_name,
+                    "run_id": run.run_id,
+                    "row_key": row_key,
+                    "column_name": column_name,
+                    "code": code,
+                    "message": message,
+                    "row_json": row_json,
+                    "rejected_at": _bigquery_time(rejected_at),
+                    "logged_at": logged,
+                },
+                ensure_ascii=False,
+            )
+            for row_key, column_name, code, message, row_json, rejected_at in chunk
+        ]
+        if lines:
+            spool.write(("\n".join(lines) + "\n").encode())
+        written += len(chunk)
+    return written
+
+
+def _schema_of(
+    config: DuckDBWarehouseConfig
+    | PostgresWarehouseConfig
+    | SnowflakeWarehouseConfig
+    | BigQueryWarehouseConfig,
+) -> str:
     if config.sync_logs is None:
         raise SyncLogError("sync_logs is not configured for this warehouse")
     return config.sync_logs.schema_
@@ -473,7 +693,7 @@ def _rejections_arrow(run: RunLog, chunk: Sequence[RejectedRow], logged_at: date
 def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
     """The writer for a warehouse's `sync_logs`, or None when it has none.
 
-    Raises SyncLogError for warehouse kinds that cannot hold sync logs yet (BigQuery).
+    Raises SyncLogError for a warehouse kind that cannot hold sync logs.
     """
     if getattr(config, "sync_logs", None) is None:
         return None
@@ -483,6 +703,8 @@ def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
         return PostgresSyncLogWriter(warehouse_name, config)
     if isinstance(config, SnowflakeWarehouseConfig):
         return SnowflakeSyncLogWriter(warehouse_name, config)
+    if isinstance(config, BigQueryWarehouseConfig):
+        return BigQuerySyncLogWriter(warehouse_name, config)
     raise SyncLogError(
         f"warehouse '{warehouse_name}' ({config.type}): sync_logs is supported on "
         f"{', '.join(SUPPORTED_KINDS)} warehouses only"
