@@ -7,7 +7,7 @@ it, not only those in the cycle), so a cycle is found here and its syncs reporte
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -94,24 +94,78 @@ def sync_links(syncs: Mapping[str, SyncConfig], warehouses: Mapping[str, object]
 
 
 def find_cycles(syncs: Mapping[str, SyncConfig], warehouses: Mapping[str, object]) -> dict[str, Cycle]:
-    """For each sync on a cycle, the shortest cycle through it (breadth first over the links)."""
+    """For each sync on a cycle, the shortest cycle through it: the graph's strongly connected components
+    say which syncs are on one, then a breadth-first search within its component finds the cycle."""
     upstream: dict[KeyPath, list[Link]] = {}
     for link in sync_links(syncs, warehouses):
         upstream.setdefault(link.downstream, []).append(link)
+    component = _components(upstream)
+    sizes = Counter(component.values())
     cycles: dict[str, Cycle] = {}
     for name in syncs:
         start = sync_key_path(name)
-        reached_by: dict[KeyPath, Link] = {}
-        queue: deque[KeyPath] = deque([start])
-        while queue and start not in reached_by:
-            node = queue.popleft()
-            for link in upstream.get(node, []):
-                if link.upstream not in reached_by:
-                    reached_by[link.upstream] = link
-                    queue.append(link.upstream)
-        if start in reached_by:
-            cycles[name] = Cycle(name, _path_back(start, reached_by))
+        on_cycle = sizes[component[start]] > 1 or any(
+            link.upstream == start for link in upstream.get(start, [])
+        )
+        if on_cycle:
+            cycles[name] = Cycle(name, _shortest_cycle(start, upstream, component))
     return cycles
+
+
+def _components(upstream: Mapping[KeyPath, list[Link]]) -> dict[KeyPath, int]:
+    """Tarjan's strongly connected components (iterative): each node's component number."""
+    index: dict[KeyPath, int] = {}
+    low: dict[KeyPath, int] = {}
+    on_stack: set[KeyPath] = set()
+    stack: list[KeyPath] = []
+    component: dict[KeyPath, int] = {}
+    number = 0
+    for root in list(upstream):
+        if root in index:
+            continue
+        work: list[tuple[KeyPath, int]] = [(root, 0)]
+        while work:
+            node, position = work.pop()
+            if position == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            links = upstream.get(node, [])
+            if position < len(links):
+                work.append((node, position + 1))
+                child = links[position].upstream
+                if child not in index:
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            if low[node] == index[node]:
+                number += 1
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component[member] = number
+                    if member == node:
+                        break
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return component
+
+
+def _shortest_cycle(
+    start: KeyPath, upstream: Mapping[KeyPath, list[Link]], component: Mapping[KeyPath, int]
+) -> list[Link]:
+    """The links of the shortest path from `start` back to itself, within its component."""
+    reached_by: dict[KeyPath, Link] = {}
+    queue: deque[KeyPath] = deque([start])
+    while queue and start not in reached_by:
+        node = queue.popleft()
+        for link in upstream.get(node, []):
+            if link.upstream not in reached_by and component.get(link.upstream) == component[start]:
+                reached_by[link.upstream] = link
+                queue.append(link.upstream)
+    return _path_back(start, reached_by)
 
 
 def _path_back(start: KeyPath, reached_by: Mapping[KeyPath, Link]) -> list[Link]:

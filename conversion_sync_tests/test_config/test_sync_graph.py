@@ -261,3 +261,24 @@ def test_asset_key_prefix_must_be_key_parts(config_dir: Path, case: tuple[str, s
 )
 def test_the_config_check_keys_store_tables_as_the_code_location_does(destination: DestinationConfig) -> None:
     assert dg.AssetKey(list(destination_key_path(destination))) == destination_key(destination)
+
+
+def test_overlapping_cycles_each_sync_told_its_shortest_cycle(config_dir: Path) -> None:
+    """a <-> b and b <-> c share b; d depends on c for lineage only and stays loaded."""
+    write(
+        config_dir,
+        {
+            "a.yaml": sync("a", "deps: [sync_b]"),
+            "b.yaml": sync("b", "deps: [sync_a, sync_c]"),
+            "c.yaml": sync("c", "deps: [sync_b]"),
+            "d.yaml": sync("d", "deps: [sync_c]"),
+        },
+    )
+    project = load_project_config(config_dir)
+    assert {"a", "b", "c"} <= set(project.broken_syncs) and "d" in project.syncs
+    paths = {name: project.broken_syncs[name].problems[0].message.split(" (")[0] for name in ("a", "b", "c")}
+    assert paths == {
+        "a": "forms a cycle: a -> b -> a",
+        "b": "forms a cycle: b -> a -> b",
+        "c": "forms a cycle: c -> b -> c",
+    }
