@@ -321,15 +321,16 @@ class SalesforcePusher:
             for w, r in batch:
                 w.salesforce_id = str(r.id) if r.ok and r.id else None
             created = [w for w, r in batch if w.salesforce_id]
-            self._stamp_after_write(sobject, created)
-            with self.store.begin() as conn:
+            with self.store.begin() as conn:  # linked at once: a push stopped after this creates no duplicate
                 linked = state.link_contacts(
                     conn, [(w.row["id"], str(w.salesforce_id), sobject) for w in created]
                 )
-                done = [w for w in created if w.row["id"] in linked]
+                self._record_failures(conn, [(w, r) for w, r in batch if not r.ok])
+            done = [w for w in created if w.row["id"] in linked]
+            self._stamp_after_write(sobject, done)
+            with self.store.begin() as conn:
                 state.record_synced(conn, [_synced_row(w) for w in done])
                 state.restamp_written(conn, [_restamp_row(w) for w in done])
-                self._record_failures(conn, [(w, r) for w, r in batch if not r.ok])
             self.outcome.counts.created += len(linked)
             self.outcome.counts.accounts_set += sum(1 for w in done if "AccountId" in w.record)
             unlinked = sum(1 for w, r in batch if r.ok and w.row["id"] not in linked)
