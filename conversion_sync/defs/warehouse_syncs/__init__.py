@@ -1,6 +1,7 @@
 """Warehouse syncs in Dagster: per valid sync an asset (downstream of the tables its query reads and its
-`deps:`, with a freshness policy from its schedule), its check, job, schedule and `after:` sensor; per broken
-sync file a placeholder asset that explains what is wrong."""
+`deps:`, with a freshness policy from its schedule), its check, job, schedule, `after:` sensor and, for
+`run_on: upstream` or `both`, its automation sensor; per broken sync file a placeholder asset that explains
+what is wrong."""
 
 from __future__ import annotations
 
