@@ -15,7 +15,7 @@ import dagster as dg
 from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.defs import alerts, campaigns, config_problems, salesforce, warehouse_syncs
 from conversion_sync.defs.location import with_lineage_and_freshness
-from conversion_sync.defs.resources import SALESFORCE_KEY, SalesforceResource, resources
+from conversion_sync.defs.resources import SALESFORCE_KEY, SalesforceResource, resources, warehouse_resources
 
 
 def build_definitions(
@@ -37,7 +37,7 @@ def build_definitions(
         campaigns.build_defs(project.salesforce, settings),
         config_problems.build_defs(project),
         alerts.build_defs(project),
-        dg.Definitions(resources=resource_defs),
+        dg.Definitions(resources={**warehouse_resources(project), **resource_defs}),
     )
     return with_lineage_and_freshness(merged, project)
 

@@ -13,6 +13,12 @@ Which settings: `resources()` looks up `RESOURCE_DEFS[get_env()]`, where get_env
   environment variable reference so the URL (with its password) never appears in run config.
 
 Both read the Salesforce credentials from the SALESFORCE_* variables, as references as well.
+
+Warehouses: each BigQuery warehouse without `api_endpoint` is also a resource, dagster-gcp's
+`BigQueryResource` under `bigquery_<warehouse>` (`warehouse_resources()`, its settings as environment
+variable references); the engine builds its BigQuery clients with a BigQueryResource of the same settings
+(`BigQueryResource.get_client()`), in a run as in the CLI. With `api_endpoint` (an emulator, the test
+stand-in) the engine builds the client itself, on that endpoint, and no resource is declared.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from conversion_sync.config import ProjectConfig
 from conversion_sync.config.environment import Environment, environment
+from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.salesforce.client import (
     DEFAULT_API_VERSION,
     ENV_VARS,
@@ -136,3 +144,18 @@ RESOURCE_DEFS: dict[Environment, Callable[[], dict[str, Any]]] = {
 def resources(env: Environment | None = None) -> dict[str, Any]:
     """The resources for `env`, by default this process's environment."""
     return RESOURCE_DEFS[env or get_env()]()
+
+
+def warehouse_resources(project: ProjectConfig) -> dict[str, Any]:
+    """dagster-gcp's BigQueryResource for each BigQuery warehouse that has no `api_endpoint`, keyed
+    `bigquery_<warehouse>`; none when the project has no such warehouse (the Google libraries stay unloaded)."""
+    bigquery = {
+        name: config
+        for name, config in project.warehouses.items()
+        if isinstance(config, BigQueryWarehouseConfig) and config.api_endpoint is None
+    }
+    if not bigquery:
+        return {}
+    from conversion_sync.warehouses.bigquery import bigquery_resource, resource_key
+
+    return {resource_key(name): bigquery_resource(config) for name, config in bigquery.items()}

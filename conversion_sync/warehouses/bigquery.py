@@ -160,15 +160,19 @@ class BigQueryWarehouse(Warehouse):
                 yield plain_arrow_types(_mark_json(batch))
         except WarehouseError:
             raise
-        except _CONNECTION_ERRORS as exc:
-            raise self._connection_error(_api_message(exc)) from None
-        except api_exceptions.RetryError as exc:
-            cause = exc.cause or exc
-            if isinstance(cause, _CONNECTION_ERRORS):
-                raise self._connection_error(_api_message(cause)) from None
-            raise self._query_error(_api_message(cause)) from None
         except Exception as exc:
-            raise self._query_error(_api_message(exc)) from None
+            raise self.failure(exc) from None
+
+    def failure(self, exc: BaseException) -> WarehouseError:
+        """A client exception as this warehouse's error (raise it `from None`): a connection error when the
+        API or the token endpoint could not be reached or refused the credentials (also after retries),
+        else a query error; the message is the API's own text, scrubbed of the credentials."""
+        if isinstance(exc, WarehouseError):
+            return exc
+        cause = (exc.cause or exc) if isinstance(exc, api_exceptions.RetryError) else exc
+        if isinstance(cause, _CONNECTION_ERRORS):
+            return self._connection_error(_api_message(cause))
+        return self._query_error(_api_message(cause))
 
     def close(self) -> None:
         if self._client is not None:

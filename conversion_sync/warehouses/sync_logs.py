@@ -479,7 +479,7 @@ class BigQuerySyncLogWriter(SyncLogWriter):
         self.retry_timeout = retry_timeout
 
     def append(self, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
-        from conversion_sync.warehouses.bigquery import BigQueryWarehouse, _api_message
+        from conversion_sync.warehouses.bigquery import BigQueryWarehouse
 
         if not _BIGQUERY_DATASET.match(self.schema):
             raise SyncLogError(
@@ -492,7 +492,9 @@ class BigQuerySyncLogWriter(SyncLogWriter):
         except SyncLogError:
             raise
         except Exception as exc:
-            raise SyncLogError(f"{self.label}: {warehouse._scrub(_api_message(exc))}") from None
+            # "warehouse 'x' (bigquery): connection failed: …" → the label, then what failed
+            reason = str(warehouse.failure(exc)).removeprefix(f"{warehouse._label}: ")
+            raise SyncLogError(f"{self.label}: {reason.replace('query failed: ', 'failed: ', 1)}") from None
         finally:
             warehouse.close()
 

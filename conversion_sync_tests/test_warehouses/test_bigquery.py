@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
+import dagster as dg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dagster_gcp import BigQueryResource
 
+from conversion_sync.config import load_project_config
 from conversion_sync.config.warehouses import BigQueryWarehouseConfig
+from conversion_sync.definitions import build_definitions
 from conversion_sync.warehouses import WarehouseConnectionError, WarehouseQueryError, open_warehouse
 from conversion_sync.warehouses.bigquery import BigQueryWarehouse
 
@@ -202,3 +207,78 @@ def test_missing_environment_variable(
     assert (
         str(err.value) == "warehouse 'lake' (bigquery): environment variable GCP_CREDENTIALS_JSON is not set"
     )
+
+
+def test_definitions_expose_a_bigquery_resource_per_production_warehouse(
+    bigquery_server: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BigQuery warehouse without api_endpoint is dagster-gcp's BigQueryResource `bigquery_<name>`, its
+    settings kept as environment references; the resource as Dagster initializes it reaches BigQuery."""
+    key = _service_account_json(f"{bigquery_server.url}/token")
+    monkeypatch.setenv("CS_TEST_GCP_PROJECT", "cs-test")
+    monkeypatch.setenv("CS_TEST_GCP_KEY_B64", base64.b64encode(key.encode()).decode())
+    (tmp_path / "warehouses.yaml").write_text(
+        "warehouses:\n"
+        "  lake: {type: bigquery, project: {env: CS_TEST_GCP_PROJECT}, location: EU, "
+        "credentials: {env: CS_TEST_GCP_KEY_B64}}\n"
+        f"  emulated: {{type: bigquery, project: cs-test, api_endpoint: '{bigquery_server.url}'}}\n"
+        "  local: {type: duckdb, path: ':memory:'}\n"
+    )
+    for name, warehouse in (("lake_people", "lake"), ("emulated_people", "emulated")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nwarehouse: {warehouse}\ndestination: {{type: contacts}}\nquery: SELECT 1 AS email\n"
+        )
+    project = load_project_config(tmp_path)
+    assert not project.problems, project.problems
+    defs = build_definitions(project)
+    resources = defs.resources or {}
+    assert "bigquery_emulated" not in resources and "bigquery_local" not in resources
+    resource = resources["bigquery_lake"]
+    assert isinstance(resource, BigQueryResource)
+    assert (resource.project, resource.location) == (dg.EnvVar("CS_TEST_GCP_PROJECT"), "EU")
+    assert resource.gcp_credentials == dg.EnvVar("CS_TEST_GCP_KEY_B64")
+    assert "PRIVATE KEY" not in repr(resources), "only the variable's name is in the definitions"
+    dg.Definitions.validate_loadable(defs)
+
+    # what a run gets from it: a client with the service account's token (sent to the stand-in here)
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery_server.url)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    bigquery_server.authorizations.clear()
+
+    @dg.asset
+    def people_count(bigquery: BigQueryResource) -> int:
+        with bigquery.get_client() as client:
+            assert client.project == "cs-test" and client.location == "EU"
+            return int(next(iter(client.query("SELECT count(*) AS n FROM ds.people").result()))["n"])
+
+    result = dg.materialize([people_count], resources={"bigquery": resource})
+    assert result.output_for_node("people_count") == 3
+    assert bigquery_server.authorizations == {f"Bearer {ACCESS_TOKEN}"}
+
+
+def test_a_warehouse_without_endpoint_reads_through_the_resource_built_client(
+    bigquery_server: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production path of the adapter itself (as the CLI and the sync runs use it)."""
+    calls: list[BigQueryResource] = []
+    original = BigQueryResource.get_client
+
+    def spy(self: BigQueryResource) -> object:
+        calls.append(self)
+        return original(self)
+
+    monkeypatch.setattr(BigQueryResource, "get_client", spy)
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery_server.url)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    config = BigQueryWarehouseConfig(type="bigquery", project="cs-test", location="US")
+    config = _with_credentials(config, monkeypatch, _service_account_json(f"{bigquery_server.url}/token"))
+    with open_warehouse("lake", config) as warehouse:
+        assert next(warehouse.stream("SELECT count(*) AS n FROM ds.people")).to_pylist() == [{"n": 3}]
+    assert len(calls) == 1 and calls[0].project == "cs-test" and calls[0].location == "US"
+
+    # the key file dagster-gcp needs cannot be made while GOOGLE_APPLICATION_CREDENTIALS names another one
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/other-key.json")
+    with open_warehouse("lake", config) as warehouse, pytest.raises(WarehouseConnectionError) as err:
+        list(warehouse.stream("SELECT 1"))
+    assert str(err.value).startswith("warehouse 'lake' (bigquery): connection failed: ")
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in str(err.value) and "PRIVATE KEY" not in str(err.value)
