@@ -63,6 +63,14 @@ def _stage_keys_sql(
         FROM {table} WHERE {sf_id} IS NULL AND {email_norm} IS NOT NULL GROUP BY 3"""
 
 
+INDEX_KEYS = (
+    f"""CREATE INDEX ON {_KEYS} (email_norm); CREATE INDEX ON {_KEYS} (salesforce_id); ANALYZE {_KEYS}"""
+)
+"""Temporary tables are never auto-analysed: the planner needs the keys' row counts for hash joins. The indexes
+keep the write-back's cost linear whatever it estimates for the caller's table (often unanalysed, and then taken
+to be small): a nested loop over it probes the keys by index instead of scanning them once per row, which made
+10,000 new identities take 100 s (n² calls of the e-mail key function)."""
+
 # Rule 1: the Salesforce id decides.
 _MATCH_BY_SALESFORCE_ID = f"""UPDATE {_KEYS} k SET contact_id = c.id, outcome = 'matched_by_salesforce_id'
     FROM contacts c WHERE k.salesforce_id IS NOT NULL AND c.salesforce_id = k.salesforce_id"""
@@ -186,9 +194,7 @@ class IdentityMatcher:
         run = conn.exec_driver_sql
         run(f"DROP TABLE IF EXISTS {_KEYS}")
         run(_stage_keys_sql(table, email_column, salesforce_id_column, salesforce_type_column))
-        run(
-            f"ANALYZE {_KEYS}"
-        )  # temp tables are never auto-analyzed; the planner needs row counts for hash joins
+        run(INDEX_KEYS)
         counts = self._apply_rules(conn, create)
         for statement in _write_back_sql(
             table, email_column, salesforce_id_column, contact_column, outcome_column

@@ -124,8 +124,11 @@ def test_create_false_never_creates(engine: sa.Engine) -> None:
         assert len(contacts(conn)) == 1
 
 
+@pytest.mark.timeout(60)
 def test_resolution_is_set_based(engine: sa.Engine) -> None:
-    """10,000 identities resolve with a fixed number of statements (no per-row queries)."""
+    """10,000 identities resolve with a fixed number of statements (no per-row queries), none of them quadratic:
+    the caller's table is not analysed, and a nested loop scanning the keys once per row took over 100 s here
+    (the timeout guards against that plan, not a speed)."""
     statements: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     with engine.begin() as conn:
