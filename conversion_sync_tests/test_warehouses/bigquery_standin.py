@@ -93,6 +93,8 @@ class StandIn:
     jobs: dict[str, _Job] = field(default_factory=dict)
     tables: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """Table resources created by tables.insert (expirationTime, clustering, …), by (dataset, table)."""
+    inserted_tables: list[dict[str, Any]] = field(default_factory=list)
+    """Every tables.insert request body, in order."""
     uploads: dict[str, _Upload] = field(default_factory=dict)
     fail_next_jobs: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -431,6 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _insert_table(self, project: str, dataset: str, resource: dict[str, Any]) -> dict[str, Any]:
         table = resource.get("tableReference", {}).get("tableId", "")
+        self.standin.inserted_tables.append(resource)
         with self.standin.lock:
             self._create_table(project, dataset, table, resource.get("schema", {}).get("fields", []))
             kept = {

@@ -250,11 +250,17 @@ def test_bigquery_sync_logs_are_written_read_back_and_replaced_per_run(
     rejection_types = {f.name: f.field_type for f in client.get_table(f"{dataset}.sync_rejections").schema}
     assert list(rejection_types) == [name for name, _, _ in sync_logs.REJECTION_COLUMNS]
     assert (rejection_types["row_json"], rejection_types["rejected_at"]) == ("JSON", "TIMESTAMP")
-    # the staging tables are gone; each was created to expire, in case the writer dies before dropping it
+    # the staging tables are gone; each was created to expire in a day, in case the writer dies first
     assert _tables(bigquery_server, dataset) == ["sync_rejections", "sync_runs"]
-    assert all(
-        "expirationTime" in meta for (ds, name), meta in bigquery_server.tables.items() if "staging" in name
-    )
+    staged = [
+        t
+        for t in bigquery_server.inserted_tables
+        if t["tableReference"]["datasetId"] == dataset and "staging" in t["tableReference"]["tableId"]
+    ]
+    assert len(staged) == 2, "one per append with rejected rows"
+    for table in staged:
+        expires_in = int(table["expirationTime"]) / 1000 - datetime.now(UTC).timestamp()
+        assert 23 * 3600 < expires_in <= 24 * 3600
 
 
 def test_bigquery_rejections_larger_than_a_multipart_upload_go_resumable(
@@ -292,6 +298,15 @@ def test_bigquery_failed_transaction_keeps_the_earlier_log_and_drops_the_staging
         f"warehouse 'lake' (bigquery) schema '{dataset}': failed: Access Denied: Table cs-test:logs.sync_runs"
     )
     # nothing of the failed append is visible: the earlier entries stand, the staging table is dropped
+    assert _rows(client, f"SELECT status FROM {dataset}.sync_runs") == [{"status": "success"}]
+    assert _rows(client, f"SELECT count(*) AS n FROM {dataset}.sync_rejections") == [{"n": 2}]
+    assert _tables(bigquery_server, dataset) == ["sync_rejections", "sync_runs"]
+
+    # a statement failing inside the transaction, after the deletes (PARSE_JSON of text that is not JSON):
+    # BigQuery rolls the whole transaction back
+    broken = [(*_messy_rejected(1)[0][:4], "{not json", datetime(2026, 1, 2, tzinfo=UTC))]
+    with pytest.raises(SyncLogError, match=rf"^warehouse 'lake' \(bigquery\) schema '{dataset}': failed: "):
+        writer.append(_run("run-1", "failed", "late failure"), [broken])
     assert _rows(client, f"SELECT status FROM {dataset}.sync_runs") == [{"status": "success"}]
     assert _rows(client, f"SELECT count(*) AS n FROM {dataset}.sync_rejections") == [{"n": 2}]
     assert _tables(bigquery_server, dataset) == ["sync_rejections", "sync_runs"]
