@@ -68,6 +68,9 @@ class SyncConfig(BaseModel):
     schedule: str = "manual"
     enabled: bool = True
     lookback: timedelta = DEFAULT_LOOKBACK
+    late_after: timedelta | None = None
+    """How long after its latest run the sync is shown late (its freshness policy's fail window); by default
+    2 × the longest gap of its schedule. At least a minute."""
     after: list[str] = Field(default_factory=list)
     deps: list[str] = Field(default_factory=list)
     """Upstream Dagster asset keys (parts joined by `/`, as the UI shows them) beside the tables the query reads."""
@@ -156,6 +159,16 @@ class SyncConfig(BaseModel):
         if not isinstance(value, str | int):
             raise ValueError("must be a duration such as '5 minutes'")
         return parse_duration(value)
+
+    @field_validator("late_after", mode="before")
+    @classmethod
+    def _late_after(cls, value: object) -> timedelta | None:
+        if value is None:
+            return None
+        late = cls._lookback(value)
+        if late < timedelta(minutes=1):
+            raise ValueError("must be at least a minute (the shortest freshness window Dagster evaluates)")
+        return late
 
     @property
     def incremental(self) -> bool:

@@ -11,8 +11,9 @@ from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import DestinationConfig
 from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.row_counts import destination_row_count
+from conversion_sync.syncs.lineage import STORE_KEY_PART, destination_key_path
 
-DESTINATIONS_GROUP = "contact_store"
+DESTINATIONS_GROUP = STORE_KEY_PART
 _DESCRIPTIONS = {
     "contacts": "Contacts in the store, one per e-mail address: written by the contact syncs and the "
     "Salesforce poll.",
@@ -22,9 +23,7 @@ _DESCRIPTIONS = {
 
 def destination_key(destination: DestinationConfig) -> dg.AssetKey:
     """contact_store/contacts, contact_store/events, contact_store/custom_objects/<object type>."""
-    if destination.type == "custom_objects":
-        return dg.AssetKey([DESTINATIONS_GROUP, "custom_objects", str(destination.object_type)])
-    return dg.AssetKey([DESTINATIONS_GROUP, destination.type])
+    return dg.AssetKey(list(destination_key_path(destination)))
 
 
 def destinations(project: ProjectConfig) -> list[DestinationConfig]:

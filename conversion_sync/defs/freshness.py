@@ -45,12 +45,15 @@ def expected_interval(phrase: str | None) -> timedelta | None:
     return longest_gap(cron) if cron else None
 
 
-def policy_for_interval(interval: timedelta | None) -> dg.FreshnessPolicy | None:
-    """Late after FAIL_AFTER × `interval`, a warning after WARN_AFTER × (Dagster's minimum is a minute)."""
-    if interval is None:
+def policy_for_interval(
+    interval: timedelta | None, late_after: timedelta | None = None
+) -> dg.FreshnessPolicy | None:
+    """Late after FAIL_AFTER × `interval` (or `late_after`, a sync's own choice), a warning after WARN_AFTER ×
+    `interval` when that comes first (Dagster's minimum is a minute)."""
+    if interval is None and late_after is None:
         return None
-    fail = max(interval * FAIL_AFTER, timedelta(minutes=2))
-    warn = max(interval * WARN_AFTER, timedelta(minutes=1))
+    fail = late_after or max((interval or timedelta()) * FAIL_AFTER, timedelta(minutes=2))
+    warn = max((interval or fail) * WARN_AFTER, timedelta(minutes=1))
     return dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn if warn < fail else None)
 
 

@@ -82,7 +82,7 @@ START_SCHEDULE = """mutation($selector: ScheduleSelector!) { startSchedule(sched
 
 def e2e_config(base: Path, data_dir: Path) -> Path:
     """The demo config, trimmed to the contacts sync, plus a minutely schedule, a sync with broken SQL, and a
-    minutely sync whose schedule is stopped (late two minutes after its one run).
+    minutely sync whose schedule is stopped (late_after: 1 minute, so late a minute after its one run).
 
     The contacts sync's schedule is stopped (enabled: false) so no scheduled run races the launched one, and
     its rejected-row threshold is below the demo's 4 of 504 so the check fails and alerts.
@@ -107,6 +107,7 @@ def e2e_config(base: Path, data_dir: Path) -> Path:
         f"name: {STALE_SYNC}\ndescription: Products every minute, but its schedule was stopped\nwarehouse: demo\n"
         "destination: {type: custom_objects, object_type: product}\n"
         'query: SELECT id, name, sku, category, updated_at FROM products\nschedule: cron "* * * * *"\n'
+        "late_after: 1 minute\n"
     )
     (config / f"{BROKEN_SYNC}.yaml").write_text(
         f"name: {BROKEN_SYNC}\ndescription: SQL that names a table the warehouse does not have\n"
@@ -335,7 +336,8 @@ def asset_node(ui: Session, *path: str) -> dict[str, Any]:
 @pytest.mark.timeout(480)
 def test_asset_graph_shows_upstream_tables_destinations_and_a_late_sync(ui: Session) -> None:
     """The tables a sync reads are upstream of it, the store's tables downstream; a sync that ran once and
-    whose schedule is stopped turns late (DEGRADED) once its latest materialization is older than 2 minutes,
+    whose schedule is stopped turns late (DEGRADED) once its latest materialization is older than its
+    late_after (a minute),
     evaluated by the daemon, and the UI says so."""
     good = asset_node(ui, f"sync_{GOOD_SYNC}")
     assert {"path": ["users"]} in good["dependencyKeys"]
@@ -350,8 +352,8 @@ def test_asset_graph_shows_upstream_tables_destinations_and_a_late_sync(ui: Sess
     stale = asset_node(ui, f"sync_{STALE_SYNC}")
     assert stale["internalFreshnessPolicy"] == {
         "__typename": "TimeWindowFreshnessPolicy",
-        "failWindowSeconds": 120,
-        "warnWindowSeconds": 90,
+        "failWindowSeconds": 60,
+        "warnWindowSeconds": None,
     }
     seen = []
     deadline = time.time() + 300
@@ -364,7 +366,7 @@ def test_asset_graph_shows_upstream_tables_destinations_and_a_late_sync(ui: Sess
             pytest.fail(f"sync_{STALE_SYNC} never turned late; freshness seen: {seen}\n{ui.dev.log_tail()}")
         time.sleep(5)
     materialized = status["freshnessStatusMetadata"]["lastMaterializedTimestamp"]
-    assert time.time() - materialized >= 120, "late only once the fail window has passed"
+    assert time.time() - materialized >= 60, "late only once the fail window has passed"
     assert asset_node(ui, f"sync_{GOOD_SYNC}")["freshnessStatusInfo"] is None, "disabled: nothing expected"
 
     if chromium_path() is None:

@@ -269,6 +269,20 @@ def test_freshness_follows_the_schedule_and_the_upstream_syncs(
     assert paused_graph.get(asset_key("after_paused")).freshness_policy is None
     assert paused_graph.get(asset_key("users")).freshness_policy is not None
 
+    # a sync's own late_after replaces the derived fail window, even for a manual sync; under a minute is refused
+    world.add_sync("own_window", "SELECT email FROM users", schedule="hourly", late_after="'90 minutes'")
+    world.add_sync("manual_window", "SELECT email FROM users", late_after="'1 day'")
+    own_graph = build_definitions(world.project()).resolve_asset_graph()
+    own = own_graph.get(asset_key("own_window")).freshness_policy
+    assert own is not None and own.fail_window.to_timedelta() == timedelta(minutes=90)
+    assert own.warn_window is None, "the derived warning (1.5 h) would not come first"
+    manual = own_graph.get(asset_key("manual_window")).freshness_policy
+    assert manual is not None and manual.fail_window.to_timedelta() == timedelta(days=1)
+    world.add_sync("too_short", "SELECT email FROM users", late_after="'30 seconds'")
+    problems = load_project_config(world.dir).problems
+    assert [(p.file, p.key) for p in problems] == [("too_short.yaml", "late_after")]
+    assert "at least a minute" in problems[0].message
+
 
 def test_sync_steps_run_in_the_contact_store_pool(defs: dg.Definitions) -> None:
     node = defs.resolve_asset_graph().get(asset_key("users")).assets_def.node_def

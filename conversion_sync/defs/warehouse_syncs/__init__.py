@@ -95,7 +95,12 @@ def build_defs(project: ProjectConfig) -> dg.Definitions:
             automation_condition=upstream_condition(sync) if sync.run_on != "schedule" else None,
             extra_metadata={"lineage_problem": problem} if problem else None,
         )
-        assets.append(_with_freshness(asset, policy_for_interval(intervals.get(sync.name))))
+        assets.append(
+            _with_freshness(
+                asset,
+                policy_for_interval(intervals.get(sync.name), sync.late_after if sync.enabled else None),
+            )
+        )
     return dg.Definitions(
         assets=[*assets, *(broken_sync_asset(broken) for broken in project.broken_syncs.values())],
         asset_checks=[rejected_rate_check(sync) for sync in syncs],
