@@ -499,17 +499,25 @@ class BigQuerySyncLogWriter(SyncLogWriter):
             warehouse.close()
 
     def _append(self, client: bigquery.Client, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
+        from google.api_core import exceptions as api_exceptions
         from google.cloud import bigquery
         from google.cloud.bigquery.retry import DEFAULT_RETRY
 
         retry = DEFAULT_RETRY.with_timeout(self.retry_timeout)
         dataset = bigquery.Dataset(bigquery.DatasetReference(client.project, self.schema))
         dataset.location = client.location
-        client.create_dataset(dataset, exists_ok=True, retry=retry)
+        # looked up first: creating needs project-level permission, which an existing dataset does not
+        try:
+            client.get_dataset(dataset.reference, retry=retry)
+        except api_exceptions.NotFound:
+            client.create_dataset(dataset, exists_ok=True, retry=retry)
         for table, columns in ((RUNS_TABLE, RUN_COLUMNS), (REJECTIONS_TABLE, REJECTION_COLUMNS)):
-            created = bigquery.Table(dataset.table(table), schema=_bigquery_schema(columns))
-            created.clustering_fields = ["sync_name", "run_id"]
-            client.create_table(created, exists_ok=True, retry=retry)
+            try:
+                client.get_table(dataset.table(table), retry=retry)
+            except api_exceptions.NotFound:
+                created = bigquery.Table(dataset.table(table), schema=_bigquery_schema(columns))
+                created.clustering_fields = ["sync_name", "run_id"]
+                client.create_table(created, exists_ok=True, retry=retry)
         logged_at = datetime.now(UTC)
         with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, mode="r+b") as spool:
             written = _spool_rejections(spool, run, rejected, logged_at)
