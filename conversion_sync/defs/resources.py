@@ -32,6 +32,7 @@ from pydantic import Field
 
 from conversion_sync.config import ProjectConfig
 from conversion_sync.config.environment import Environment, environment
+from conversion_sync.config.secrets import EnvRef, Setting
 from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.salesforce.client import (
     DEFAULT_API_VERSION,
@@ -156,6 +157,27 @@ def warehouse_resources(project: ProjectConfig) -> dict[str, Any]:
     }
     if not bigquery:
         return {}
-    from conversion_sync.warehouses.bigquery import bigquery_resource, resource_key
+    return {bigquery_resource_key(name): bigquery_resource(config) for name, config in bigquery.items()}
 
-    return {resource_key(name): bigquery_resource(config) for name, config in bigquery.items()}
+
+def bigquery_resource_key(warehouse_name: str) -> str:
+    """The code location's resource key for a BigQuery warehouse: `bigquery_<warehouse>`."""
+    return f"bigquery_{warehouse_name}"
+
+
+def bigquery_resource(config: BigQueryWarehouseConfig) -> Any:
+    """dagster-gcp's BigQueryResource for a warehouse, each `{env: VAR}` setting kept as `dg.EnvVar(VAR)` so
+    that no value (above all the credentials) is written into run config or shown in the UI.
+
+    dagster-gcp reads `gcp_credentials` as base64 of the key JSON; the engine itself also accepts the JSON.
+    """
+    from dagster_gcp import BigQueryResource  # the Google libraries load only for a BigQuery warehouse
+
+    def env_or_literal(value: Setting | None) -> str | None:
+        return dg.EnvVar(value.env) if isinstance(value, EnvRef) else value
+
+    return BigQueryResource(
+        project=env_or_literal(config.project),
+        location=env_or_literal(config.location),
+        gcp_credentials=env_or_literal(config.credentials),
+    )

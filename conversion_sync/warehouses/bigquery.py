@@ -15,15 +15,12 @@ import google.auth
 import google.auth.exceptions
 import pyarrow as pa
 import requests
-from dagster import EnvVar
-from dagster_gcp import BigQueryResource
 from google.api_core import exceptions as api_exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from conversion_sync.config.secrets import EnvRef, Setting
 from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
@@ -124,7 +121,10 @@ class BigQueryWarehouse(Warehouse):
         return self._client
 
     def _client_from_resource(self, project: str | None, location: str | None) -> bigquery.Client:
-        """The production client, built by dagster-gcp's BigQueryResource from the resolved settings."""
+        """The production client, built by dagster-gcp's BigQueryResource from the resolved settings (imported
+        here: the engine's modules load no Dagster code until a production BigQuery client is built)."""
+        from dagster_gcp import BigQueryResource
+
         info = self._credentials_info()
         encoded = base64.b64encode(json.dumps(info).encode()).decode() if info is not None else None
         self._add_secret(encoded)
@@ -184,28 +184,6 @@ class BigQueryWarehouse(Warehouse):
 _RESOURCE_CLIENT_LOCK = threading.Lock()
 """BigQueryResource points the process's GOOGLE_APPLICATION_CREDENTIALS at a temporary key file while it
 builds a client: one client at a time per process."""
-
-
-def resource_key(warehouse_name: str) -> str:
-    """The code location's resource key for a BigQuery warehouse: `bigquery_<warehouse>`."""
-    return f"bigquery_{warehouse_name}"
-
-
-def bigquery_resource(config: BigQueryWarehouseConfig) -> BigQueryResource:
-    """dagster-gcp's BigQueryResource for a warehouse, each `{env: VAR}` setting kept as `dg.EnvVar(VAR)` so
-    that no value (above all the credentials) is written into run config or shown in the UI.
-
-    dagster-gcp reads `gcp_credentials` as base64 of the key JSON; the engine itself also accepts the JSON.
-    """
-    return BigQueryResource(
-        project=_env_or_literal(config.project),
-        location=_env_or_literal(config.location),
-        gcp_credentials=_env_or_literal(config.credentials),
-    )
-
-
-def _env_or_literal(value: Setting | None) -> str | None:
-    return EnvVar(value.env) if isinstance(value, EnvRef) else value
 
 
 _EXTENSION_NAME = b"ARROW:extension:name"
