@@ -86,7 +86,7 @@ class SyncConfig(BaseModel):
     max_rows: int | None = Field(default=None, gt=0)
     diff_in_warehouse: Literal["auto", "always", "never"] = "auto"
     """Whether a full-read rerun first reads only (key, fingerprint) computed in the warehouse and fetches the rows
-    of new and changed keys: `auto` does for Postgres, Snowflake and BigQuery warehouses, `always` for any."""
+    of new and changed keys: `auto` does for Postgres and Snowflake warehouses, `always` for any."""
     retry_rejected: bool = False
     """Whether each run also re-reads the keys earlier runs rejected that no run has accepted since."""
     owner: str | None = None

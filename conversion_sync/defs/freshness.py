@@ -3,9 +3,9 @@
 A scheduled asset warns after 1.5 × and fails (shown late, red) after 2 × the longest gap between two ticks
 of its schedule (a weekday 9:00 schedule's longest gap is the weekend). A sync that runs after other syncs
 (`after:`), or when its upstream syncs update (`run_on: upstream`), is expected as often as its slowest
-upstream sync and no less often than its own schedule. Manual assets, disabled syncs (`enabled: false`), and
-syncs started only by tables this code location does not schedule have no policy: nothing is expected of
-them.
+upstream sync and no less often than its own schedule. A sync's `late_after:` replaces the derived fail window
+(and gives a manual sync a policy). Manual assets, disabled syncs (`enabled: false`), and syncs started only by
+tables this code location does not schedule have no policy: nothing is expected of them.
 """
 
 from __future__ import annotations
