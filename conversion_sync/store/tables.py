@@ -88,6 +88,7 @@ events = sa.Table(
     sa.Column("properties", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("sync_name", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("run_id", sa.Text),  # the run that wrote it: the event's history (store/trace.py)
     sa.Index("events_contact_time", "contact_id", "timestamp"),
 )
 

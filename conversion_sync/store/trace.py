@@ -5,7 +5,9 @@ Writes are recorded by `record_run`, one INSERT … SELECT from the run's staged
 instead on a connection of its own while the merge runs (`TraceAside`, on a second core), from the committed rows
 table. Either way a trace row counts only once its run is recorded successful, which happens in the merge's
 transaction: `key_history` reads the rows of successful runs, so a key is traced exactly when its write commits.
-Rejections are not copied: `sync_rejections` already holds them per run, and `key_history` reads both. The
+Events are not copied either: an event is written once and never changed by a sync, and its row names the run
+that wrote it (`events.run_id`). Rejections are not copied: `sync_rejections` already holds them per run, and
+`key_history` reads all three. The
 history is bounded: rows older than the retention (CONVERSION_TRACE_RETENTION_DAYS, default 90; 0 turns the trace
 off) are pruned per sync, set-based, by the same call.
 """
@@ -108,14 +110,6 @@ def custom_objects_trace_sql(ctx: WriteContext) -> str:
         UNION ALL {REMOVED_OBJECTS}"""
 
 
-EVENTS_TRACE = f"""{_INSERT}
-        SELECT %(run_id)s, %(sync)s, 'added', w.email_norm, w.message_id,
-               jsonb_build_object('event_name', w.event_name, 'timestamp', w.event_ts, 'properties', w.properties)
-        FROM _writes w JOIN _related r ON r.email_norm = w.email_norm WHERE r.contact_id IS NOT NULL"""
-"""Events: called before the insert, while _writes still lists the events not stored yet; those whose e-mail
-has a contact are the ones the insert writes (under the identity lock nothing else inserts events)."""
-
-
 def first_load_trace_sql(ctx: WriteContext) -> str:
     """A first load's trace from the committed rows table: every accepted row to write creates its record (a
     contact, or an object with its relationship), so each is `added` with the values it brings."""
@@ -182,22 +176,23 @@ def trace_aside(engine: sa.Engine, ctx: WriteContext) -> TraceAside | None:
 
 def record_run(conn: sa.Connection, ctx: WriteContext, aside: TraceAside | None = None) -> None:
     """Trace the keys this run writes, declines or removes (one INSERT … SELECT), and prune the sync's history
-    past the retention. Call in the write transaction, after the merge statements and before `_writes` is dropped
-    (events: before their insert). With `aside`, the written keys were traced by it: wait for it. Does nothing
+    past the retention. Call in the write transaction, after the merge statements and before `_writes` is dropped.
+    Events are not copied: each event row names the run that wrote it (events.run_id). With `aside`, the written keys were traced by it: wait for it. Does nothing
     in a dry run or when the trace is off."""
     days = retention_days()
     if ctx.dry_run or days == 0:
         return
     params = _params(ctx, days)
+    kind = ctx.sync.destination.type
+    if kind == "events":  # an event row names the run that wrote it: it is its own history
+        conn.exec_driver_sql(PRUNE, params)
+        return
     if aside is not None:
         aside.wait()
-        removed = REMOVED_OBJECTS if ctx.sync.destination.type == "custom_objects" else REMOVED_CONTACTS
+        removed = REMOVED_OBJECTS if kind == "custom_objects" else REMOVED_CONTACTS
         statement = f"{_INSERT} {removed}"
     else:
-        statement = {
-            "contacts": contacts_trace_sql,
-            "custom_objects": custom_objects_trace_sql,
-        }.get(ctx.sync.destination.type, lambda _ctx: EVENTS_TRACE)(ctx)
+        statement = custom_objects_trace_sql(ctx) if kind == "custom_objects" else contacts_trace_sql(ctx)
     conn.exec_driver_sql(statement, params)
     conn.exec_driver_sql(PRUNE, params)
 
@@ -222,12 +217,28 @@ class TraceEntry:
     message: str | None = None
 
 
+EVENT_VALUES = (
+    "jsonb_build_object('event_name', e.event_name, 'timestamp', e.timestamp, 'properties', e.properties)"
+)
+"""An event's values as its history shows them (events are written once and never changed by a sync)."""
+
 KEY_HISTORY = f"""
     SELECT t.recorded_at AS at, t.sync_name, t.run_id, t.action,
            coalesce(t.object_id || coalesce(' / ' || t.email_norm, ''), t.email_norm) AS key,
            t.fields AS values, NULL AS code, NULL AS column_name, NULL AS message
     FROM sync_key_trace t JOIN sync_runs u ON u.run_id = t.run_id AND u.status = 'success' AND NOT u.preview
     WHERE t.email_norm = {email_key_sql("%(key)s")} OR t.object_id = btrim(%(key)s)
+    UNION ALL
+    SELECT e.created_at, e.sync_name, e.run_id, 'added', e.message_id || coalesce(' / ' || c.email_normalized, ''),
+           {EVENT_VALUES}, NULL, NULL, NULL
+    FROM events e LEFT JOIN contacts c ON c.id = e.contact_id
+    WHERE e.message_id = btrim(%(key)s) AND e.run_id IS NOT NULL AND e.created_at >= now() - make_interval(days => %(days)s)
+    UNION ALL
+    SELECT e.created_at, e.sync_name, e.run_id, 'added', e.message_id || ' / ' || c.email_normalized, {EVENT_VALUES},
+           NULL, NULL, NULL
+    FROM contacts c JOIN events e ON e.contact_id = c.id
+    WHERE c.email_normalized = {email_key_sql("%(key)s")} AND e.run_id IS NOT NULL AND e.created_at >= now() - make_interval(days => %(days)s)
+      AND e.message_id <> btrim(%(key)s)
     UNION ALL
     SELECT coalesce(u.finished_at, j.created_at), j.sync_name, j.run_id, 'rejected', j.row_key, j.row - '_row_number',
            j.code, j.column_name, j.message
@@ -236,14 +247,14 @@ KEY_HISTORY = f"""
        OR split_part(j.row_key, ' / ', 1) = btrim(%(key)s)
        OR {email_key_sql("nullif(split_part(j.row_key, ' / ', 2), '')")} = {email_key_sql("%(key)s")}
     ORDER BY 1, 2, 4"""
-"""A key's history, oldest first: the traced writes by e-mail or object id (message id for events), and the
-rejections whose key is that e-mail, object id (alone or with its e-mail) or message id; both of successful runs
+"""A key's history, oldest first: the traced writes by e-mail or object id, the events by message id or their
+contact's e-mail (written within the retention by a run that recorded itself), and the rejections whose key is that e-mail, object id (alone or with its e-mail) or message id; both of successful runs
 only (a failed run's first-load trace, written aside, may outlive it until discarded or pruned)."""
 
 
 def key_history(conn: sa.Connection, key: str) -> list[TraceEntry]:
     """Every run that wrote, declined, removed or rejected `key` (an e-mail, object id or message id)."""
-    rows = conn.exec_driver_sql(KEY_HISTORY, {"key": key}).mappings()
+    rows = conn.exec_driver_sql(KEY_HISTORY, {"key": key, "days": retention_days()}).mappings()
     return [
         TraceEntry(
             at=row["at"],

@@ -184,6 +184,39 @@ def test_a_first_load_traced_aside_counts_only_once_its_run_succeeded(
     assert ann[1].key == "p-1 / ann@example.com"
 
 
+def test_events_are_traced_by_message_id_and_e_mail_from_the_event_rows(
+    world: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's history is its row (it names its run): by message id, by its contact's e-mail, once only
+    (a second sync sending the same id adds nothing), nothing copied into the trace table."""
+    monkeypatch.setenv("CONVERSION_STORE_URL", world.store_url)
+    world.warehouse(
+        """CREATE TABLE clicks (message_id VARCHAR, email VARCHAR, event_name VARCHAR, timestamp TIMESTAMP,
+                                amount VARCHAR);
+        INSERT INTO clicks VALUES ('m-1', ' Ann@Example.com', 'order', TIMESTAMP '2024-01-01 10:00:00', '9.5'),
+                                  ('m-2', 'ann@example.com', 'refund', TIMESTAMP '2024-01-02 10:00:00', 'x'),
+                                  ('m-3', 'bob@example.com', 'order', TIMESTAMP '2024-01-03 10:00:00', '1')"""
+    )
+    events = {"destination": {"type": "events"}}
+    world.add_sync("clicks", "SELECT * FROM clicks", **events)
+    world.add_sync("clicks_again", "SELECT * FROM clicks", **events)
+    first = world.run("clicks")
+    assert first.counts["added"] == 3
+    assert world.run("clicks_again").counts["added"] == 0
+    assert world.scalar("SELECT count(*) FROM sync_key_trace") == 0
+    with store_engine(world.store_url).connect() as conn:
+        by_id = key_history(conn, " m-1 ")
+        by_email = key_history(conn, "ANN@example.com")
+    assert [(e.sync_name, e.run_id, e.action, e.key) for e in by_id] == [
+        ("clicks", first.run_id, "added", "m-1 / ann@example.com")
+    ]
+    assert by_id[0].values is not None and by_id[0].values["event_name"] == "order"
+    assert by_id[0].values["properties"] == {"amount": "9.5"}
+    assert sorted(e.key for e in by_email) == ["m-1 / ann@example.com", "m-2 / ann@example.com"]
+    code, out = _trace(world, "m-3")
+    assert code == 0 and f"clicks  run {first.run_id}  added" in out and "clicks_again" not in out
+
+
 @pytest.mark.slow
 def test_trace_cost_at_100k_rows(world: SyncWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trace's share of a write at 100k contacts (first load, then every row changed), trace on vs off.

@@ -103,8 +103,8 @@ def accepted_rows_sql(rows_table: str) -> str:
     return f"SELECT count(*) FROM {rows_table} WHERE problem IS NULL"
 
 
-INSERT_EVENTS = """INSERT INTO events (message_id, contact_id, event_name, timestamp, properties, sync_name)
-        SELECT w.message_id, r.contact_id, w.event_name, w.event_ts, w.properties, %(sync)s
+INSERT_EVENTS = """INSERT INTO events (message_id, contact_id, event_name, timestamp, properties, sync_name, run_id)
+        SELECT w.message_id, r.contact_id, w.event_name, w.event_ts, w.properties, %(sync)s, %(run_id)s
         FROM _writes w JOIN _related r ON r.email_norm = w.email_norm WHERE r.contact_id IS NOT NULL
         -- sorted, the unique index on message_id is filled page by page; byte order sorts several times
         -- faster than a linguistic collation's, and is the index's own order under C and C.UTF-8
@@ -142,7 +142,7 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     total = conn.exec_driver_sql(accepted_rows_sql(ctx.rows_table)).scalar_one()
     create = ctx.sync.mode != "update"
     counts.contacts_created = writers.resolve_emails(conn, ctx, create=create)
-    trace.record_run(conn, ctx)  # the per-key history (store/trace.py), of the events the insert writes
+    trace.record_run(conn, ctx)  # prunes the history; each event row names its run (store/trace.py)
     inserted = conn.exec_driver_sql(INSERT_EVENTS, writers.write_params(ctx)).rowcount
     if not create:  # mode update: events of emails with no contact are skipped (and not stored since)
         counts.skipped = conn.exec_driver_sql(COUNT_WITHOUT_CONTACT).scalar_one()
