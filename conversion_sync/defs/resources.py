@@ -147,17 +147,23 @@ def resources(env: Environment | None = None) -> dict[str, Any]:
     return RESOURCE_DEFS[env or get_env()]()
 
 
+def warehouse_resource_key(project: ProjectConfig, warehouse: str) -> str | None:
+    """The resource that gives a sync's warehouse its client in a run (`bigquery_<warehouse>` for a BigQuery
+    warehouse without `api_endpoint`), or None: the warehouse builds its own."""
+    config = project.warehouses.get(warehouse)
+    if isinstance(config, BigQueryWarehouseConfig) and config.api_endpoint is None:
+        return bigquery_resource_key(warehouse)
+    return None
+
+
 def warehouse_resources(project: ProjectConfig) -> dict[str, Any]:
     """dagster-gcp's BigQueryResource for each BigQuery warehouse that has no `api_endpoint`, keyed
     `bigquery_<warehouse>`; none when the project has no such warehouse (the Google libraries stay unloaded)."""
-    bigquery = {
-        name: config
+    return {
+        key: bigquery_resource(config)  # type: ignore[arg-type]
         for name, config in project.warehouses.items()
-        if isinstance(config, BigQueryWarehouseConfig) and config.api_endpoint is None
+        if (key := warehouse_resource_key(project, name))
     }
-    if not bigquery:
-        return {}
-    return {bigquery_resource_key(name): bigquery_resource(config) for name, config in bigquery.items()}
 
 
 def bigquery_resource_key(warehouse_name: str) -> str:

@@ -50,7 +50,7 @@ from conversion_sync.syncs.warehouse_diff import (
 )
 from conversion_sync.syncs.writers import RemovalRefused, WriteContext, WriteCounts
 from conversion_sync.warehouses import WarehouseError, open_warehouse
-from conversion_sync.warehouses.base import source_type
+from conversion_sync.warehouses.base import ClientSource, source_type
 
 PREVIEW_REJECTED_ROWS = 20
 
@@ -115,8 +115,11 @@ class SyncRunner:
         store: ContactStore,
         matcher: IdentityMatcher | None = None,
         mode: retry_rejected.RunMode = "normal",
+        warehouse_client: ClientSource | None = None,
     ) -> None:
         self.mode = mode
+        self.warehouse_client = warehouse_client
+        """Provides the warehouse's client when the orchestrator has one (a BigQuery resource in a Dagster run)."""
         """normal, retry_rejected (only the unresolved rejected keys) or full_resync (reset first)."""
         self.sync = sync
         self.project = project
@@ -221,7 +224,7 @@ class SyncRunner:
         writer: StagingWriter | None = None
         first = retry_rejected.FirstQueryClock()
         with (
-            open_warehouse(self.sync.warehouse, config) as warehouse,
+            open_warehouse(self.sync.warehouse, config, self.warehouse_client) as warehouse,
             adbc_connections(self.store.resolved_url()) as copy_connections,
         ):
             # the run's own query reads only new and changed rows when it can

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,11 @@ DEFAULT_BATCH_ROWS = 50_000
 """Rows per record batch unless the caller asks otherwise."""
 
 _REDACTED = "***"
+
+
+ClientSource = Callable[[], AbstractContextManager[Any]]
+"""Where a warehouse's client comes from when the orchestrator provides it (a Dagster resource's `get_client`),
+instead of the warehouse building its own from its settings."""
 
 
 class WarehouseError(Exception):

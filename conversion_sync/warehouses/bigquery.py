@@ -25,6 +25,7 @@ from conversion_sync.config.warehouses import BigQueryWarehouseConfig
 from conversion_sync.warehouses.base import (
     DEFAULT_BATCH_ROWS,
     JSON_TEXT,
+    ClientSource,
     Warehouse,
     WarehouseError,
     bounded_batches,
@@ -70,11 +71,21 @@ class BigQueryWarehouse(Warehouse):
 
     kind = "bigquery"
 
-    def __init__(self, name: str, config: BigQueryWarehouseConfig, *, retry_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: BigQueryWarehouseConfig,
+        *,
+        retry_timeout: float = 120.0,
+        client_source: ClientSource | None = None,
+    ) -> None:
         super().__init__(name)
         self.config = config
         self.retry_timeout = retry_timeout
         self._client: bigquery.Client | None = None
+        self._client_source = client_source
+        """In a Dagster run, the code location's `bigquery_<warehouse>` resource's `get_client` (production)."""
+        self._client_scope = contextlib.ExitStack()
 
     def _credentials_info(self) -> dict[str, Any] | None:
         """The configured credentials parsed (None when none are configured); their secrets remembered."""
@@ -105,6 +116,12 @@ class BigQueryWarehouse(Warehouse):
             project = self._resolve(c.project)
             location = self._resolve(c.location)
             endpoint = self._resolve(c.api_endpoint)
+            if not endpoint and self._client_source is not None:
+                try:
+                    self._client = self._client_scope.enter_context(self._client_source())
+                except Exception as exc:
+                    raise self._connection_error(_api_message(exc)) from None
+                return self._client
             if not endpoint:
                 self._client = self._client_from_resource(project, location)
                 return self._client
@@ -179,6 +196,8 @@ class BigQueryWarehouse(Warehouse):
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
                 client.close()
+        with contextlib.suppress(Exception):
+            self._client_scope.close()
 
 
 _RESOURCE_CLIENT_LOCK = threading.Lock()

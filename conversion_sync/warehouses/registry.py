@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from conversion_sync.config.warehouses import WarehouseConfig
-from conversion_sync.warehouses.base import Warehouse
+from conversion_sync.warehouses.base import ClientSource, Warehouse
 
 ADAPTERS: dict[str, tuple[str, str]] = {
     "duckdb": ("conversion_sync.warehouses.duckdb", "DuckDBWarehouse"),
@@ -27,9 +27,15 @@ def warehouse_class(kind: str) -> type[Warehouse]:
     return adapter
 
 
-def open_warehouse(name: str, config: WarehouseConfig) -> Warehouse:
-    """The warehouse `name` described by `config`; nothing connects until the first `stream`.
+def open_warehouse(
+    name: str, config: WarehouseConfig, client_source: ClientSource | None = None
+) -> Warehouse:
+    """The warehouse `name` described by `config`; nothing connects until the first `stream`. `client_source`
+    (BigQuery only) provides the client, as the code location's BigQuery resource does in a Dagster run.
 
     Use it as a context manager (or call `close()`) to release the connection.
     """
-    return warehouse_class(config.type)(name, config)  # type: ignore[call-arg]
+    adapter = warehouse_class(config.type)
+    if client_source is not None:
+        return adapter(name, config, client_source=client_source)  # type: ignore[call-arg]
+    return adapter(name, config)  # type: ignore[call-arg]

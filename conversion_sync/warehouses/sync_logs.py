@@ -31,6 +31,7 @@ from conversion_sync.config.warehouses import (
 )
 from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
+from conversion_sync.warehouses.base import ClientSource
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -472,11 +473,17 @@ class BigQuerySyncLogWriter(SyncLogWriter):
     kind = "bigquery"
 
     def __init__(
-        self, warehouse_name: str, config: BigQueryWarehouseConfig, *, retry_timeout: float = 120.0
+        self,
+        warehouse_name: str,
+        config: BigQueryWarehouseConfig,
+        *,
+        retry_timeout: float = 120.0,
+        client_source: ClientSource | None = None,
     ) -> None:
         super().__init__(warehouse_name, _schema_of(config))
         self.config = config
         self.retry_timeout = retry_timeout
+        self.client_source = client_source
 
     def append(self, run: RunLog, rejected: Iterable[Sequence[RejectedRow]]) -> int:
         from conversion_sync.warehouses.bigquery import BigQueryWarehouse
@@ -485,7 +492,12 @@ class BigQuerySyncLogWriter(SyncLogWriter):
             raise SyncLogError(
                 f"{self.label}: a BigQuery dataset name has only letters, digits and underscores"
             )
-        warehouse = BigQueryWarehouse(self.warehouse_name, self.config, retry_timeout=self.retry_timeout)
+        warehouse = BigQueryWarehouse(
+            self.warehouse_name,
+            self.config,
+            retry_timeout=self.retry_timeout,
+            client_source=self.client_source,
+        )
         try:
             client = warehouse._connect()
             return self._append(client, run, rejected)
@@ -700,8 +712,11 @@ def _rejections_arrow(run: RunLog, chunk: Sequence[RejectedRow], logged_at: date
     )
 
 
-def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
-    """The writer for a warehouse's `sync_logs`, or None when it has none.
+def sync_log_writer(
+    warehouse_name: str, config: Any, client_source: ClientSource | None = None
+) -> SyncLogWriter | None:
+    """The writer for a warehouse's `sync_logs`, or None when it has none (`client_source`: a BigQuery
+    warehouse's client from the orchestrator).
 
     Raises SyncLogError for a warehouse kind that cannot hold sync logs.
     """
@@ -714,7 +729,7 @@ def sync_log_writer(warehouse_name: str, config: Any) -> SyncLogWriter | None:
     if isinstance(config, SnowflakeWarehouseConfig):
         return SnowflakeSyncLogWriter(warehouse_name, config)
     if isinstance(config, BigQueryWarehouseConfig):
-        return BigQuerySyncLogWriter(warehouse_name, config)
+        return BigQuerySyncLogWriter(warehouse_name, config, client_source=client_source)
     raise SyncLogError(
         f"warehouse '{warehouse_name}' ({config.type}): sync_logs is supported on "
         f"{', '.join(SUPPORTED_KINDS)} warehouses only"
@@ -769,6 +784,7 @@ def write_sync_log(
     *,
     failure: FailureInfo | None = None,
     log: _Logger | None = None,
+    warehouse_client: ClientSource | None = None,
 ) -> bool:
     """Append one run's log to its warehouse's `sync_logs` schema, when the warehouse has one.
 
@@ -780,7 +796,7 @@ def write_sync_log(
     if sync is None or config is None or getattr(config, "sync_logs", None) is None:
         return False
     try:
-        writer = sync_log_writer(sync.warehouse, config)
+        writer = sync_log_writer(sync.warehouse, config, warehouse_client)
         if writer is None:
             return False
         summary = run_log(store, sync_name, run_id, failure)

@@ -461,3 +461,62 @@ def test_bigquery_sync_run_logs_through_dagster(
     assert write_sync_log(project, "bq_people", result.run_id, ContactStore())
     assert _rows(client, f"SELECT count(*) AS n FROM {dataset}.sync_runs") == [{"n": 1}]
     assert _rows(client, f"SELECT count(*) AS n FROM {dataset}.sync_rejections") == [{"n": 2}]
+
+
+def test_a_bigquery_sync_run_takes_its_client_from_the_code_locations_resource(
+    bigquery_server: StandIn,
+    client: bigquery.Client,
+    dataset: str,
+    tmp_path: Path,
+    store_url: str,
+) -> None:
+    """In a Dagster run, a production BigQuery warehouse's client comes from the `bigquery_<warehouse>` resource
+    the code location holds (here replaced, as a deployment may): the query step and the sync log use it, and
+    the warehouse builds no client of its own."""
+    from conversion_sync.defs.resources import resources
+
+    source = f"{dataset}_src"
+    bigquery_server.execute(
+        f"CREATE SCHEMA {source}; CREATE TABLE {source}.people (email VARCHAR, first_name VARCHAR); "
+        f"INSERT INTO {source}.people VALUES ('ann@example.com', 'Ann'), ('bob@example.com', 'Bob')"
+    )
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "warehouses.yaml").write_text(
+        f"warehouses:\n  lake: {{type: bigquery, project: cs-test, location: US, sync_logs: {{schema: {dataset}}}}}\n"
+    )
+    (config_dir / "people.yaml").write_text(
+        f"name: bq_people\nwarehouse: lake\ndestination: {{type: contacts}}\n"
+        f"query: SELECT email, first_name FROM {source}.people\n"
+    )
+    project = load_project_config(config_dir)
+    assert not project.problems, project.problems
+    handed_out: list[str] = []
+
+    class StandInBigQuery(dg.ConfigurableResource):  # type: ignore[type-arg]
+        """What a deployment could put in place of dagster-gcp's resource: clients to the stand-in."""
+
+        def get_client(self) -> Any:
+            from contextlib import contextmanager
+
+            @contextmanager
+            def scope() -> Iterator[bigquery.Client]:
+                handed_out.append("client")
+                yield bigquery.Client(
+                    project="cs-test",
+                    location="US",
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                    client_options=ClientOptions(api_endpoint=bigquery_server.url),
+                )
+
+            return scope()
+
+    defs = build_definitions(project, {**resources(), "bigquery_lake": StandInBigQuery()})
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("sync_bq_people").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert result.success
+    assert handed_out == ["client", "client"], "the query step's client, then the sync log's"
+    runs = _rows(client, f"SELECT run_id, status, added FROM {dataset}.sync_runs")
+    assert runs == [{"run_id": result.run_id, "status": "success", "added": 2}]

@@ -14,6 +14,7 @@ from conversion_sync.config import ProjectConfig
 from conversion_sync.config.syncs import SyncConfig
 from conversion_sync.defs.automation import STORE_POOL
 from conversion_sync.defs.destinations import row_count_observation
+from conversion_sync.defs.resources import CONTACT_STORE_KEY, IDENTITY_KEY, warehouse_resource_key
 from conversion_sync.defs.warehouse_syncs.broken import SYNC_GROUP
 from conversion_sync.store import sync_state
 from conversion_sync.store.contact_store import ContactStore
@@ -21,6 +22,7 @@ from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.syncs.lineage import sync_key_path
 from conversion_sync.syncs.runner import SyncFailed, SyncOutcome, SyncRunner
 from conversion_sync.syncs.template import format_timestamp
+from conversion_sync.warehouses.base import ClientSource
 from conversion_sync.warehouses.sync_logs import write_sync_log
 
 COUNT_KEYS = ("queried", "added", "changed", "unchanged", "removed", "rejected", "skipped")
@@ -50,9 +52,10 @@ def _runner(
     store: ContactStore,
     identity: IdentityMatcher,
     mode: Literal["normal", "retry_rejected", "full_resync"] = "normal",
+    warehouse_client: ClientSource | None = None,
 ) -> SyncRunner:
     try:
-        return SyncRunner(sync, project, store, identity, mode=mode)
+        return SyncRunner(sync, project, store, identity, mode=mode, warehouse_client=warehouse_client)
     except SyncFailed as exc:
         raise dg.Failure(description=str(exc)) from None
 
@@ -115,6 +118,14 @@ def sync_asset(
         key for key in dict.fromkeys([*(asset_key(n) for n in sync.after), *(upstream or [])]) if key != own
     ]
     upstream_inputs = {f"upstream_{i}": key for i, key in enumerate(upstream_keys)}
+    # the steps that reach the warehouse name their resources as keys (Dagster takes them either as keys or as
+    # typed parameters, not both, and a BigQuery warehouse's resource key is the warehouse's name)
+    client_key = warehouse_resource_key(project, sync.warehouse)
+    warehouse_step_keys = {CONTACT_STORE_KEY, IDENTITY_KEY, *([client_key] if client_key else [])}
+
+    def warehouse_client(context: dg.OpExecutionContext) -> ClientSource | None:
+        """The code location's resource for the sync's warehouse (dagster-gcp's BigQueryResource), if any."""
+        return getattr(context.resources, client_key).get_client if client_key else None
 
     @dg.op(
         name=f"{sync.name}_query",
@@ -122,12 +133,13 @@ def sync_asset(
         description=f"Querying {sync.warehouse} ({warehouse_kind}) and staging the rows in the store",
         tags={"step": "query"},
         pool=STORE_POOL,
+        required_resource_keys=warehouse_step_keys,
     )
-    def query(
-        context: dg.OpExecutionContext, config: SyncRunConfig, contact_store: Store, identity: Matcher
-    ) -> str:
+    def query(context: dg.OpExecutionContext, config: SyncRunConfig) -> str:
+        contact_store, identity = context.resources.contact_store, context.resources.identity
         try:
-            table = _runner(sync, project, contact_store, identity, config.mode).query(context.run_id)
+            runner = _runner(sync, project, contact_store, identity, config.mode, warehouse_client(context))
+            table = runner.query(context.run_id)
         except SyncFailed as exc:
             raise dg.Failure(description=str(exc)) from None
         context.log.info(f"staged the query result in {table}")
@@ -150,8 +162,10 @@ def sync_asset(
         description=f"Writing to {sync.destination.type} and moving the watermark",
         out=dg.Out(dg.Nothing),  # the data lives in the store; nothing goes through an IO manager
         pool=STORE_POOL,
+        required_resource_keys=warehouse_step_keys,
     )
-    def write(context: dg.OpExecutionContext, table: str, contact_store: Store, identity: Matcher) -> None:
+    def write(context: dg.OpExecutionContext, table: str) -> None:
+        contact_store, identity = context.resources.contact_store, context.resources.identity
         with contact_store.begin() as conn:
             record = sync_state.get_run_by_staging_table(conn, table)
         outcome = _runner(sync, project, contact_store, identity).write(table)
@@ -161,7 +175,14 @@ def sync_asset(
         )
         context.log.info(", ".join(f"{k}={v}" for k, v in outcome.counts.items()))
         _observe_destination(context, contact_store, sync)
-        write_sync_log(project, sync.name, outcome.run_id, contact_store, log=context.log)
+        write_sync_log(
+            project,
+            sync.name,
+            outcome.run_id,
+            contact_store,
+            log=context.log,
+            warehouse_client=warehouse_client(context),
+        )
 
     @dg.graph(name=f"{sync.name}_steps", ins={name: dg.GraphIn() for name in upstream_inputs})
     def steps(**inputs: Any) -> Any:
