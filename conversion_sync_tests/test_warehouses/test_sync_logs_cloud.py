@@ -18,7 +18,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from conversion_sync.config import load_project_config
+from conversion_sync.config import ProjectConfig, load_project_config
 from conversion_sync.config.warehouses import (
     BigQueryWarehouseConfig,
     SnowflakeWarehouseConfig,
@@ -416,14 +416,11 @@ PEOPLE = [
 ]
 
 
-def test_bigquery_sync_run_logs_through_dagster(
-    bigquery_server: StandIn,
-    client: bigquery.Client,
-    dataset: str,
-    tmp_path: Path,
-    store_url: str,
-) -> None:
-    """A sync reading BigQuery logs its run (and, written again, replaces it) in the same BigQuery project."""
+def _bigquery_people_project(
+    bigquery_server: StandIn, dataset: str, tmp_path: Path, *, endpoint: bool
+) -> ProjectConfig:
+    """A sync `bq_people` reading PEOPLE from the stand-in, its logs in `dataset`; without `endpoint` the warehouse
+    is configured as in production (no api_endpoint)."""
     source = f"{dataset}_src"
     values = ", ".join(
         "(" + ", ".join("NULL" if v is None else f"'{v}'" for v in row) + ")" for row in PEOPLE
@@ -434,8 +431,9 @@ def test_bigquery_sync_run_logs_through_dagster(
     )
     config_dir = tmp_path / "config"
     config_dir.mkdir()
+    api_endpoint = f"api_endpoint: '{bigquery_server.url}', " if endpoint else ""
     (config_dir / "warehouses.yaml").write_text(
-        f"warehouses:\n  lake: {{type: bigquery, project: cs-test, location: US, api_endpoint: '{bigquery_server.url}', "
+        f"warehouses:\n  lake: {{type: bigquery, project: cs-test, location: US, {api_endpoint}"
         f"sync_logs: {{schema: {dataset}}}}}\n"
     )
     (config_dir / "people.yaml").write_text(
@@ -444,6 +442,18 @@ def test_bigquery_sync_run_logs_through_dagster(
     )
     project = load_project_config(config_dir)
     assert not project.problems, project.problems
+    return project
+
+
+def test_bigquery_sync_run_logs_through_dagster(
+    bigquery_server: StandIn,
+    client: bigquery.Client,
+    dataset: str,
+    tmp_path: Path,
+    store_url: str,
+) -> None:
+    """A sync reading BigQuery logs its run (and, written again, replaces it) in the same BigQuery project."""
+    project = _bigquery_people_project(bigquery_server, dataset, tmp_path, endpoint=True)
     with dg.instance_for_test() as instance:
         result = (
             build_definitions(project)
@@ -475,22 +485,7 @@ def test_a_bigquery_sync_run_takes_its_client_from_the_code_locations_resource(
     the warehouse builds no client of its own."""
     from conversion_sync.defs.resources import resources
 
-    source = f"{dataset}_src"
-    bigquery_server.execute(
-        f"CREATE SCHEMA {source}; CREATE TABLE {source}.people (email VARCHAR, first_name VARCHAR); "
-        f"INSERT INTO {source}.people VALUES ('ann@example.com', 'Ann'), ('bob@example.com', 'Bob')"
-    )
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    (config_dir / "warehouses.yaml").write_text(
-        f"warehouses:\n  lake: {{type: bigquery, project: cs-test, location: US, sync_logs: {{schema: {dataset}}}}}\n"
-    )
-    (config_dir / "people.yaml").write_text(
-        f"name: bq_people\nwarehouse: lake\ndestination: {{type: contacts}}\n"
-        f"query: SELECT email, first_name FROM {source}.people\n"
-    )
-    project = load_project_config(config_dir)
-    assert not project.problems, project.problems
+    project = _bigquery_people_project(bigquery_server, dataset, tmp_path, endpoint=False)
     handed_out: list[str] = []
 
     class StandInBigQuery(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -518,5 +513,5 @@ def test_a_bigquery_sync_run_takes_its_client_from_the_code_locations_resource(
         )
     assert result.success
     assert handed_out == ["client", "client"], "the query step's client, then the sync log's"
-    runs = _rows(client, f"SELECT run_id, status, added FROM {dataset}.sync_runs")
-    assert runs == [{"run_id": result.run_id, "status": "success", "added": 2}]
+    runs = _rows(client, f"SELECT run_id, status, added, rejected FROM {dataset}.sync_runs")
+    assert runs == [{"run_id": result.run_id, "status": "success", "added": 2, "rejected": 2}]
