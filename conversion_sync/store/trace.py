@@ -5,11 +5,11 @@ Writes are recorded by `record_run`, one INSERT … SELECT from the run's staged
 instead on a connection of its own while the merge runs (`TraceAside`, on a second core), from the committed rows
 table. Either way a trace row counts only once its run is recorded successful, which happens in the merge's
 transaction: `key_history` reads the rows of successful runs, so a key is traced exactly when its write commits.
-Events are not copied either: an event is written once and never changed by a sync, and its row names the run
-that wrote it (`events.run_id`). Rejections are not copied: `sync_rejections` already holds them per run, and
-`key_history` reads all three. The
-history is bounded: rows older than the retention (CONVERSION_TRACE_RETENTION_DAYS, default 90; 0 turns the trace
-off) are pruned per sync, set-based, by the same call.
+Events are not copied: an event is written once and never changed by a sync, and its row names the run that
+wrote it (`events.run_id`). Rejections are not copied either: `sync_rejections` already holds them per run, and
+`key_history` reads all three. The history is bounded: rows older than the retention
+(CONVERSION_TRACE_RETENTION_DAYS, default 90; 0 turns the trace off) are pruned per sync, set-based, by the same
+call.
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def trace_aside(engine: sa.Engine, ctx: WriteContext) -> TraceAside | None:
 def record_run(conn: sa.Connection, ctx: WriteContext, aside: TraceAside | None = None) -> None:
     """Trace the keys this run writes, declines or removes (one INSERT … SELECT), and prune the sync's history
     past the retention. Call in the write transaction, after the merge statements and before `_writes` is dropped.
-    Events are not copied: each event row names the run that wrote it (events.run_id). With `aside`, the written keys were traced by it: wait for it. Does nothing
-    in a dry run or when the trace is off."""
+    Events are not copied: each event row names the run that wrote it (events.run_id). With `aside`, the written
+    keys were traced by it: wait for it. Does nothing in a dry run or when the trace is off."""
     days = retention_days()
     if ctx.dry_run or days == 0:
         return
@@ -232,13 +232,14 @@ KEY_HISTORY = f"""
     SELECT e.created_at, e.sync_name, e.run_id, 'added', e.message_id || coalesce(' / ' || c.email_normalized, ''),
            {EVENT_VALUES}, NULL, NULL, NULL
     FROM events e LEFT JOIN contacts c ON c.id = e.contact_id
-    WHERE e.message_id = btrim(%(key)s) AND e.run_id IS NOT NULL AND e.created_at >= now() - make_interval(days => %(days)s)
+    WHERE e.message_id = btrim(%(key)s) AND e.run_id IS NOT NULL
+      AND e.created_at >= now() - make_interval(days => %(days)s)
     UNION ALL
     SELECT e.created_at, e.sync_name, e.run_id, 'added', e.message_id || ' / ' || c.email_normalized, {EVENT_VALUES},
            NULL, NULL, NULL
     FROM contacts c JOIN events e ON e.contact_id = c.id
-    WHERE c.email_normalized = {email_key_sql("%(key)s")} AND e.run_id IS NOT NULL AND e.created_at >= now() - make_interval(days => %(days)s)
-      AND e.message_id <> btrim(%(key)s)
+    WHERE c.email_normalized = {email_key_sql("%(key)s")} AND e.run_id IS NOT NULL
+      AND e.created_at >= now() - make_interval(days => %(days)s) AND e.message_id <> btrim(%(key)s)
     UNION ALL
     SELECT coalesce(u.finished_at, j.created_at), j.sync_name, j.run_id, 'rejected', j.row_key, j.row - '_row_number',
            j.code, j.column_name, j.message
@@ -248,7 +249,8 @@ KEY_HISTORY = f"""
        OR {email_key_sql("nullif(split_part(j.row_key, ' / ', 2), '')")} = {email_key_sql("%(key)s")}
     ORDER BY 1, 2, 4"""
 """A key's history, oldest first: the traced writes by e-mail or object id, the events by message id or their
-contact's e-mail (written within the retention by a run that recorded itself), and the rejections whose key is that e-mail, object id (alone or with its e-mail) or message id; both of successful runs
+contact's e-mail (written within the retention by a run that recorded itself), and the rejections whose key is
+that e-mail, object id (alone or with its e-mail) or message id. Traced writes and rejections of successful runs
 only (a failed run's first-load trace, written aside, may outlive it until discarded or pruned)."""
 
 
