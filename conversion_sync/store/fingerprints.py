@@ -129,6 +129,11 @@ class PartitionBuild:
             prepare_bulk_transaction(conn)
             return _fill_new_table(conn, self.sync_name, rows_select, params)
 
+    @property
+    def built(self) -> Future[int]:
+        """Done when the partition-to-be is built (or its build failed)."""
+        return self._result
+
     def attach(self, conn: sa.Connection) -> int:
         """Wait for the build (raising its error) and attach the partition in `conn`'s transaction."""
         rows = self._result.result()

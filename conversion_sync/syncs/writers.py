@@ -194,7 +194,7 @@ def fingerprint_build(
             {**write_params(ctx), "version": plan.version},
         )
     if build is not None:
-        ctx.trace_aside = trace.trace_aside(conn.engine, ctx)
+        ctx.trace_aside = trace.trace_aside(conn.engine, ctx, after=build.built)
     try:
         yield build
     except BaseException:

@@ -154,9 +154,10 @@ def test_a_first_load_traced_aside_counts_only_once_its_run_succeeded(
     started: list[str] = []
     real_aside = writers.trace.trace_aside
 
-    def spy(engine: object, ctx: writers.WriteContext) -> object:
+    def spy(engine: object, ctx: writers.WriteContext, after: object = None) -> object:
         started.append(ctx.sync.name)
-        return real_aside(engine, ctx)  # type: ignore[arg-type]
+        assert after is not None, "the trace waits for the fingerprint partition"
+        return real_aside(engine, ctx, after)  # type: ignore[arg-type]
 
     monkeypatch.setattr(writers.trace, "trace_aside", spy)
 
