@@ -32,7 +32,8 @@ def trimmed_email_sql(expression: str) -> str:
 def email_invalid_sql(expression: str) -> str:
     """SQL true when a present (non-blank) e-mail is not a valid address: the HTML standard's rule (a browser's
     `type=email` check) with a dot-atom local part (no leading, trailing or doubled dot), non-ASCII letters
-    allowed, and a domain of at least two labels (conversion_email_is_valid, migration 0009)."""
+    allowed, and a domain of at least two labels of at most 63 characters each
+    (conversion_email_is_valid, migrations 0009 and 0016)."""
     return f"NOT conversion_email_is_valid({expression})"
 
 
