@@ -200,15 +200,22 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+SCRATCH_TABLE = "WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+"""Storage options of a run's scratch tables (staged rows, typed rows, keys): the run analyses what it plans on
+itself, and an autovacuum of a million freshly staged rows (which reads and rewrites every page, at the cost
+limit's pace) would only compete with the run's own writes."""
+
+
 def create_staging_table(conn: sa.Connection, table: str, columns: StagedColumns) -> None:
-    """An UNLOGGED table of text columns (cheap to write, never replicated)."""
+    """An UNLOGGED table of text columns (cheap to write, never replicated, never autovacuumed)."""
     conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(table)}")
     cols = ", ".join(f"{quote_ident(name)} text" for name in columns.staged_names)
     separator = ", " if cols else ""
     conn.exec_driver_sql(
         f"CREATE UNLOGGED TABLE {qualified(table)} ({quote_ident(ROW_NUMBER)} bigint, {cols}{separator}"
-        f"{quote_ident(BAD_TEXT)} text, {quote_ident(FINGERPRINT)} bigint, {quote_ident(EMAIL_KEY)} text)"
+        f"{quote_ident(BAD_TEXT)} text, {quote_ident(FINGERPRINT)} bigint, {quote_ident(EMAIL_KEY)} text) "
+        + SCRATCH_TABLE
     )
 
 

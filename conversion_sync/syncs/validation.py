@@ -13,7 +13,14 @@ import sqlalchemy as sa
 from conversion_sync.store import fingerprints, sync_state
 from conversion_sync.store.contacts import email_key_sql, trimmed_email_sql
 from conversion_sync.store.sql_text import column_ref, json_object_sql, quote_ident, quote_literal
-from conversion_sync.store.staging import BAD_TEXT, EMAIL_KEY, FINGERPRINT, ROW_NUMBER, qualified
+from conversion_sync.store.staging import (
+    BAD_TEXT,
+    EMAIL_KEY,
+    FINGERPRINT,
+    ROW_NUMBER,
+    SCRATCH_TABLE,
+    qualified,
+)
 from conversion_sync.syncs.destinations.base import (
     RELATIONSHIP_FIELDS,
     Destination,
@@ -160,7 +167,7 @@ def typed_rows_sql(outer_key: str, action: str, inner_columns: list[str], source
 
 
 def create_rows_sql(rows: str, select: str) -> str:
-    return f"CREATE UNLOGGED TABLE {rows} AS {select}"
+    return f"CREATE UNLOGGED TABLE {rows} {SCRATCH_TABLE} AS {select}"
 
 
 def drop_rows_sql(rows: str) -> str:

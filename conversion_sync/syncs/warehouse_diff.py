@@ -31,6 +31,7 @@ from conversion_sync.store.contact_store import ContactStore
 from conversion_sync.store.sql_text import column_ref, quote_ident
 from conversion_sync.store.staging import (
     ROW_NUMBER,
+    SCRATCH_TABLE,
     STAGING_SCHEMA,
     IngestConnection,
     qualified,
@@ -82,7 +83,7 @@ def _keys_schema() -> pa.Schema:
 def create_keys_sql(table: str) -> str:
     return (
         f"CREATE UNLOGGED TABLE {qualified(keys_table(table))} "
-        "(k text, h text, row_key text, listed boolean NOT NULL, fetched boolean NOT NULL)"
+        "(k text, h text, row_key text, listed boolean NOT NULL, fetched boolean NOT NULL) " + SCRATCH_TABLE
     )
 
 
