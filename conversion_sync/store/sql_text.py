@@ -58,6 +58,18 @@ def json_object_sql(pairs: list[tuple[str, str]]) -> str:
     return " || ".join(parts)
 
 
+_JSON_VALUES_PER_CALL = 90
+"""jsonb_build_array takes at most 100 arguments too."""
+
+
+def json_array_sql(values: list[str]) -> str:
+    """jsonb_build_array over any number of SQL values, in order."""
+    if not values:
+        return "'[]'::jsonb"
+    chunks = [values[i : i + _JSON_VALUES_PER_CALL] for i in range(0, len(values), _JSON_VALUES_PER_CALL)]
+    return " || ".join("jsonb_build_array(" + ", ".join(chunk) + ")" for chunk in chunks)
+
+
 def text_array_sql(items: list[str]) -> str:
     """`ARRAY['a', 'b']::text[]` of literals."""
     return "ARRAY[" + ", ".join(quote_literal(i) for i in items) + "]::text[]"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = sa.MetaData()
 
@@ -226,6 +226,7 @@ sync_runs = sa.Table(
     sa.Column("host", sa.Text),
     sa.Column("pid", sa.Integer),
     sa.Column("preview", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("trace_fields", ARRAY(sa.Text)),  # the names of the values its trace rows hold as arrays
     sa.Index("sync_runs_by_sync", "sync_name", "started_at"),
     sa.Index("sync_runs_staging_table", "staging_table"),
 )
@@ -266,7 +267,7 @@ sync_key_trace = sa.Table(
     sa.Column("action", sa.Text, nullable=False),  # added | changed | declined | removed
     sa.Column("email_norm", sa.Text),
     sa.Column("object_id", sa.Text),
-    sa.Column("fields", JSONB),
+    sa.Column("fields", JSONB),  # an array of values named by sync_runs.trace_fields (or an object)
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("sync_key_trace_email", "email_norm", postgresql_where=sa.text("email_norm IS NOT NULL")),
     sa.Index("sync_key_trace_object", "object_id", postgresql_where=sa.text("object_id IS NOT NULL")),

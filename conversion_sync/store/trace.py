@@ -1,7 +1,8 @@
 """Per-key history: which runs wrote, declined, removed or rejected a key, with the values they brought.
 
 Writes are recorded by `record_run`, one INSERT … SELECT from the run's staged writes (`_writes`) and removed keys
-(`_removed`), in the transaction of the merge. A sync's first large load (every row a new record) is traced
+(`_removed`), in the transaction of the merge. A row's values are a JSON array in the order of the field names its
+run records once (`sync_runs.trace_fields`): a JSON object per row, its names repeated, cost twice as much. A sync's first large load (every row a new record) is traced
 instead on a connection of its own while the merge runs (`TraceAside`, on a second core), from the committed rows
 table. Either way a trace row counts only once its run is recorded successful, which happens in the merge's
 transaction: `key_history` reads the rows of successful runs, so a key is traced exactly when its write commits.
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 
 from conversion_sync.store.connection import prepare_bulk_transaction
 from conversion_sync.store.contacts import email_key_sql
-from conversion_sync.store.sql_text import column_ref, json_object_sql
+from conversion_sync.store.sql_text import column_ref, json_array_sql
 
 if TYPE_CHECKING:
     from conversion_sync.syncs.writers import WriteContext
@@ -58,15 +59,25 @@ _INSERT = "INSERT INTO sync_key_trace (run_id, sync_name, action, email_norm, ob
 PRUNE = """DELETE FROM sync_key_trace WHERE sync_name = %(sync)s AND recorded_at < now() - make_interval(days => %(days)s)"""
 
 
+RELATIONSHIP_FIELDS = "relationshipFields"
+"""An object row's last traced value: its relationship's fields (left out of the history when it has none)."""
+
+
+def trace_fields(ctx: WriteContext) -> list[str]:
+    """The names of a run's traced values, in the order its rows hold them."""
+    names = list(ctx.field_columns)
+    return [*names, RELATIONSHIP_FIELDS] if ctx.sync.destination.type == "custom_objects" else names
+
+
 def _written_fields(ctx: WriteContext) -> str:
-    return json_object_sql([(f, column_ref("w", c)) for f, c in ctx.field_columns.items()])
+    """SQL for a row's traced values (a JSON array in trace_fields' order)."""
+    values = [column_ref("w", c) for c in ctx.field_columns.values()]
+    if ctx.sync.destination.type == "custom_objects":
+        values.append("w.rel_fields")
+    return json_array_sql(values)
 
 
-def _object_fields(ctx: WriteContext) -> str:
-    """An object row's written fields with its relationship's."""
-    return (
-        f"{_written_fields(ctx)} || jsonb_strip_nulls(jsonb_build_object('relationshipFields', w.rel_fields))"
-    )
+SET_TRACE_FIELDS = "UPDATE sync_runs SET trace_fields = %(trace_fields)s WHERE run_id = %(run_id)s"
 
 
 def _removed_sql(email_norm: str, object_id: str) -> str:
@@ -96,7 +107,7 @@ def contacts_trace_sql(ctx: WriteContext) -> str:
 
 def custom_objects_trace_sql(ctx: WriteContext) -> str:
     """Custom objects: a row traced when this transaction created or changed its object or relationship."""
-    fields = _object_fields(ctx)
+    fields = _written_fields(ctx)
     created = f"((o.{MINE} AND o.created_at = now()) OR coalesce(r.{MINE} AND r.created_at = now(), false))"
     return f"""{_INSERT}
         SELECT %(run_id)s, %(sync)s, CASE WHEN {created} THEN 'added' ELSE 'changed' END, w.email_norm, w.object_id,
@@ -113,13 +124,10 @@ def custom_objects_trace_sql(ctx: WriteContext) -> str:
 def first_load_trace_sql(ctx: WriteContext) -> str:
     """A first load's trace from the committed rows table: every accepted row to write creates its record (a
     contact, or an object with its relationship), so each is `added` with the values it brings."""
-    if ctx.sync.destination.type == "custom_objects":
-        fields = _object_fields(ctx)
-        keys = "w.email_norm, w.object_id"
-    else:
-        fields, keys = _written_fields(ctx), "w.email_norm, NULL"
+    objects = ctx.sync.destination.type == "custom_objects"
+    keys = "w.email_norm, w.object_id" if objects else "w.email_norm, NULL"
     return f"""{_INSERT}
-        SELECT %(run_id)s, %(sync)s, 'added', {keys}, {fields}
+        SELECT %(run_id)s, %(sync)s, 'added', {keys}, {_written_fields(ctx)}
         FROM {ctx.rows_table} w WHERE w.problem IS NULL AND w.action = 'added'"""
 
 
@@ -133,6 +141,7 @@ def _params(ctx: WriteContext, days: int) -> dict[str, object]:
         "object_type": ctx.sync.destination.object_type,
         "delete_behavior": ctx.sync.delete_behavior,
         "days": days,
+        "trace_fields": trace_fields(ctx),
     }
 
 
@@ -193,6 +202,7 @@ def record_run(conn: sa.Connection, ctx: WriteContext, aside: TraceAside | None 
     if kind == "events":  # an event row names the run that wrote it: it is its own history
         conn.exec_driver_sql(PRUNE, params)
         return
+    conn.exec_driver_sql(SET_TRACE_FIELDS, params)
     if aside is not None:
         aside.wait()
         removed = REMOVED_OBJECTS if kind == "custom_objects" else REMOVED_CONTACTS
@@ -228,10 +238,17 @@ EVENT_VALUES = (
 )
 """An event's values as its history shows them (events are written once and never changed by a sync)."""
 
+NAMED_VALUES = f"""CASE WHEN jsonb_typeof(t.fields) = 'array' THEN coalesce((
+        SELECT jsonb_object_agg(f.name, t.fields -> (f.n - 1)::int)
+        FROM unnest(u.trace_fields) WITH ORDINALITY f(name, n)
+        WHERE NOT (f.name = '{RELATIONSHIP_FIELDS}' AND jsonb_typeof(t.fields -> (f.n - 1)::int) = 'null')),
+        '{{}}'::jsonb) ELSE t.fields END"""
+"""A trace row's values named by its run's trace_fields (rows traced before 0017, and removals, hold objects)."""
+
 KEY_HISTORY = f"""
     SELECT t.recorded_at AS at, t.sync_name, t.run_id, t.action,
            coalesce(t.object_id || coalesce(' / ' || t.email_norm, ''), t.email_norm) AS key,
-           t.fields AS values, NULL AS code, NULL AS column_name, NULL AS message
+           {NAMED_VALUES} AS values, NULL AS code, NULL AS column_name, NULL AS message
     FROM sync_key_trace t JOIN sync_runs u ON u.run_id = t.run_id AND u.status = 'success' AND NOT u.preview
     WHERE t.email_norm = {email_key_sql("%(key)s")} OR t.object_id = btrim(%(key)s)
     UNION ALL

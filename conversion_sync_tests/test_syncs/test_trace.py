@@ -257,3 +257,28 @@ def test_trace_cost_at_100k_rows(world: SyncWorld, monkeypatch: pytest.MonkeyPat
         f"\nwrite of 100k added + 100k changed: trace off {off:.2f}s, on {on:.2f}s: +{(on - off) / off:.1%}"
     )
     assert on < off * 2
+
+
+def test_values_are_named_by_their_runs_fields_and_older_objects_still_read(world: SyncWorld) -> None:
+    """A run's rows hold their values as an array named by sync_runs.trace_fields (relationshipFields left out
+    when the row had none); rows traced as objects before that (and removals) read as they are."""
+    with store_engine(world.store_url).begin() as conn:
+        conn.exec_driver_sql(
+            """INSERT INTO sync_runs (run_id, sync_name, status, trace_fields) VALUES
+                ('old', 'products', 'success', NULL),
+                ('new', 'products', 'success', ARRAY['name', 'price', 'relationshipFields'])"""
+        )
+        conn.exec_driver_sql(
+            """INSERT INTO sync_key_trace (run_id, sync_name, action, email_norm, object_id, fields, recorded_at) VALUES
+                ('old', 'products', 'added', 'ann@example.com', 'p-1', '{"name": "Widget"}', now() - interval '2 s'),
+                ('new', 'products', 'changed', 'ann@example.com', 'p-1', '["Gadget", 9.5, {"role": "owner"}]',
+                 now() - interval '1 s'),
+                ('new', 'products', 'added', 'bob@example.com', 'p-2', '["Gizmo", null, null]', now())"""
+        )
+        ann = key_history(conn, "p-1")
+        bob = key_history(conn, "bob@example.com")
+    assert [e.values for e in ann] == [
+        {"name": "Widget"},
+        {"name": "Gadget", "price": 9.5, "relationshipFields": {"role": "owner"}},
+    ]
+    assert [e.values for e in bob] == [{"name": "Gizmo", "price": None}]
