@@ -94,12 +94,14 @@ REMOVED_OBJECTS = _removed_sql(
 
 
 def contacts_trace_sql(ctx: WriteContext) -> str:
-    """Contacts: created (no contact matched), changed (this transaction wrote the contact), or declined (every
-    differing value was older than the store's). Removed keys with the sync's delete_behavior."""
+    """Contacts: created (no contact matched), changed (this transaction wrote the contact, probed by id only
+    for rows that had one), or declined (every differing value was older than the store's). Removed keys with
+    the sync's delete_behavior."""
     return f"""{_INSERT}
         SELECT %(run_id)s, %(sync)s, t.action, w.email_norm, NULL, {_written_fields(ctx)}
-        FROM _writes w LEFT JOIN contacts c ON c.id = w.contact_id
-        CROSS JOIN LATERAL (SELECT CASE WHEN w.contact_id IS NULL THEN 'added' WHEN c.{MINE} THEN 'changed'
+        FROM _writes w
+        CROSS JOIN LATERAL (SELECT CASE WHEN w.contact_id IS NULL THEN 'added'
+                                        WHEN (SELECT c.{MINE} FROM contacts c WHERE c.id = w.contact_id) THEN 'changed'
                                         WHEN w.declined THEN 'declined' END AS action) t
         WHERE NOT w.skip AND t.action IS NOT NULL
         UNION ALL {REMOVED_CONTACTS}"""
