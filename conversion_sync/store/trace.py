@@ -108,18 +108,16 @@ def contacts_trace_sql(ctx: WriteContext) -> str:
 
 
 def custom_objects_trace_sql(ctx: WriteContext) -> str:
-    """Custom objects: a row traced when this transaction created or changed its object or relationship."""
-    fields = _written_fields(ctx)
-    created = f"((o.{MINE} AND o.created_at = now()) OR coalesce(r.{MINE} AND r.created_at = now(), false))"
+    """Custom objects: a row traced when this transaction created or changed its object or relationship (read
+    from the writer's _object_rows, each written row with its object's and relationship's versions)."""
+    mine = "pg_current_xact_id()::xid::text::bigint"
+    created = f"""((w.object_version = {mine} AND w.object_created_at = now())
+                   OR coalesce(w.link_version = {mine} AND w.link_created_at = now(), false))"""
     return f"""{_INSERT}
         SELECT %(run_id)s, %(sync)s, CASE WHEN {created} THEN 'added' ELSE 'changed' END, w.email_norm, w.object_id,
-               {fields}
-        FROM _writes w
-        JOIN custom_objects o ON o.object_type = %(object_type)s AND o.object_id = w.object_id
-        LEFT JOIN _related rl ON rl.email_norm = w.email_norm
-        LEFT JOIN object_relationships r
-               ON r.object_type = %(object_type)s AND r.object_id = w.object_id AND r.contact_id = rl.contact_id
-        WHERE NOT w.skip AND (o.{MINE} OR coalesce(r.{MINE}, false))
+               {_written_fields(ctx)}
+        FROM _object_rows w
+        WHERE w.object_version = {mine} OR coalesce(w.link_version = {mine}, false)
         UNION ALL {REMOVED_OBJECTS}"""
 
 

@@ -144,29 +144,34 @@ INSERT_RELATIONSHIPS = """INSERT INTO object_relationships (object_type, object_
                             AND o.contact_id = p.contact_id)
         ORDER BY p.object_id COLLATE "C", p.contact_id  -- the primary key's order: filled page by page"""
 
-OBJECT_ROWS = """FROM _writes w
+OBJECT_ROWS = """CREATE TEMP TABLE _object_rows ON COMMIT DROP AS
+        SELECT w.*, o.xmin::text::bigint AS object_version, o.created_at AS object_created_at,
+               r.xmin::text::bigint AS link_version, r.created_at AS link_created_at
+        FROM _writes w
         JOIN custom_objects o ON o.object_type = %(object_type)s AND o.object_id = w.object_id
         LEFT JOIN _related rl ON rl.email_norm = w.email_norm
         LEFT JOIN object_relationships r
                ON r.object_type = %(object_type)s AND r.object_id = w.object_id AND r.contact_id = rl.contact_id
         WHERE NOT w.skip"""
-"""Each written row with its object and (if it has an e-mail) its relationship, as stored now."""
+"""_object_rows: each written row with the version (xmin) and creation time of its object and (if it has an
+e-mail) its relationship, as stored once both are written. The counts, the fingerprints and the trace read it:
+each of them joining the rows with objects and relationships again read every relationship of the type."""
 
 
 def count_object_rows_sql(plan: Plan) -> str:
     """(rows that created an object or relationship, rows that changed one, rows skipped by mode)."""
-    mine = f"xmin::text::bigint = {int(plan.version)}"
-    created = f"((o.{mine} AND o.created_at = now()) OR coalesce(r.{mine} AND r.created_at = now(), false))"
-    return f"""SELECT count(*) FILTER (WHERE {created}), count(*) FILTER (WHERE NOT {created} AND (o.{mine} OR r.{mine})),
+    version = int(plan.version)
+    created = f"""((x.object_version = {version} AND x.object_created_at = now())
+                   OR coalesce(x.link_version = {version} AND x.link_created_at = now(), false))"""
+    changed = f"(x.object_version = {version} OR x.link_version = {version})"
+    return f"""SELECT count(*) FILTER (WHERE {created}), count(*) FILTER (WHERE NOT {created} AND {changed}),
                    (SELECT count(*) FROM _writes WHERE skip)
-        {OBJECT_ROWS}"""
+        FROM _object_rows x"""
 
 
 def object_fingerprints_sql() -> str:
     """(row_key, fingerprint, record_version, link_version, action) of the object rows to remember."""
-    return f"""SELECT w.row_key, w.fingerprint, o.xmin::text::bigint AS record_version,
-               r.xmin::text::bigint AS link_version, w.action
-        {OBJECT_ROWS}"""
+    return "SELECT row_key, fingerprint, object_version AS record_version, link_version, action FROM _object_rows"
 
 
 REFRESH_OBJECT_VERSIONS = """UPDATE sync_fingerprints f SET record_version = o.xmin::text::bigint
@@ -265,7 +270,9 @@ def _write_relationships(conn: sa.Connection, params: dict[str, object]) -> None
 def _count_object_rows(
     conn: sa.Connection, plan: Plan, params: dict[str, object], counts: WriteCounts
 ) -> None:
-    """Per row, what this transaction did to its object and relationship: created one, changed one, or neither."""
+    """Per row, what this transaction did to its object and relationship: created one, changed one, or neither
+    (from _object_rows, made here)."""
+    conn.exec_driver_sql(OBJECT_ROWS, params)
     counts.added, counts.changed, counts.skipped = conn.exec_driver_sql(
         count_object_rows_sql(plan), params
     ).one()
