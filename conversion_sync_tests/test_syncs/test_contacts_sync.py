@@ -251,7 +251,7 @@ def test_a_first_large_load_builds_its_fingerprints_beside_the_write(
         raise RuntimeError("the write fails after the build started")
 
     with monkeypatch.context() as failing:
-        failing.setattr(contacts_destination, "_mark_declined", fail_after_build)
+        failing.setattr(contacts_destination, "_insert_contacts", fail_after_build)
         with pytest.raises(RuntimeError):
             world.run("people")
     assert world.scalar("SELECT count(*) FROM sync_fingerprints") == 0

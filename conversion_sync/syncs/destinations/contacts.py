@@ -302,7 +302,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     lock_identities(conn)
     plan = writers.plan_changes(conn, ctx)
     counts.removed = writers.plan_removed(conn, ctx, plan)
-    ctx.matcher.resolve_table(
+    identities = ctx.matcher.resolve_table(
         conn,
         "_writes",
         email_column="email",
@@ -310,13 +310,15 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
         unique_emails=True,
         normalized_email_column="email_norm",
     )
+    # a first load's rows meet no contact: the statements for known contacts would only scan them all
+    known = identities.matched_by_email > 0
     with writers.fingerprint_build(conn, ctx, plan, ONLY_NEW_CONTACTS) as build:
         _skip_by_mode(conn, ctx)
         fields = contact_fields(ctx)
         counts.added = counts.contacts_created = _insert_contacts(conn, ctx, fields)
-        counts.changed = _update_contacts(conn, fields)
-        counts.extra["older_than_store"] = _mark_declined(conn, fields)
-        counts.skipped = conn.exec_driver_sql(COUNT_SKIPPED).scalar_one()
+        counts.changed = _update_contacts(conn, fields) if known else 0
+        counts.extra["older_than_store"] = _mark_declined(conn, fields) if known else 0
+        counts.skipped = conn.exec_driver_sql(COUNT_SKIPPED).scalar_one() if ctx.sync.mode != "upsert" else 0
         counts.unchanged = plan.accepted - counts.added - counts.changed - counts.skipped
         writers.save_fingerprints(conn, ctx, contact_fingerprints_sql(plan), build)
         if writers.applies_removals(ctx, counts.removed):
