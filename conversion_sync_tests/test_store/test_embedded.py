@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from conversion_sync_dev.embedded_postgres import (
+    EMBEDDED_SETTINGS,
     dagster_storage_url,
     embedded_postgres_running,
     start_embedded_postgres,
@@ -38,6 +39,10 @@ def test_processes_share_one_server(data_dir: Path) -> None:
     assert embedded_postgres_running(data_dir)
     with psycopg.connect(urls.pop()) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("conversion",)
+        # the first start restarted the server for the settings read at start only
+        for name, value in EMBEDDED_SETTINGS.items():
+            assert conn.execute(f"SHOW {name}").fetchone() == (value,), name
+        assert conn.execute("SELECT count(*) FROM pg_settings WHERE pending_restart").fetchone() == (0,)
 
 
 def test_a_start_that_outlasts_pg_ctl_waits_for_the_server(
