@@ -4,8 +4,9 @@ Writes are recorded by `record_run`, one INSERT … SELECT from the run's staged
 (`_removed`), in the transaction of the merge. A row's values are a JSON array in the order of the field names its
 run records once (`sync_runs.trace_fields`): a JSON object per row, its names repeated, cost twice as much. A
 sync's first large load (every row a new record) is traced instead on a connection of its own while the merge
-runs (`TraceAside`, on a second core), from the committed rows table. Either way a trace row counts only once its run is recorded successful, which happens in the merge's
-transaction: `key_history` reads the rows of successful runs, so a key is traced exactly when its write commits.
+runs (`TraceAside`, on a second core), from the committed rows table. Either way a trace row counts only once
+its run is recorded successful, which happens in the merge's transaction: `key_history` reads the rows of
+successful runs, so a key is traced exactly when its write commits.
 Events are not copied: an event is written once and never changed by a sync, and its row names the run that
 wrote it (`events.run_id`). Rejections are not copied either: `sync_rejections` already holds them per run, and
 `key_history` reads all three. The history is bounded: rows older than the retention
