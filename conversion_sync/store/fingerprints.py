@@ -83,13 +83,14 @@ FORGET_MOVED_KEYS = f"""DELETE FROM {quote_ident(PARENT)} f USING _moved_keys m
 def _fill_new_table(conn: sa.Connection, sync_name: str, rows_select: str, params: dict[str, Any]) -> int:
     """The partition-to-be as a plain table: rows first, then its primary key built in one sort (several times
     cheaper than inserting a million keys one by one into a B-tree), with a CHECK equal to the partition bound
-    so that ATTACH need not scan it. A table of that name left by a failed run is replaced."""
+    so that ATTACH need not scan it, and analysed. A table of that name left by a failed run is replaced."""
     name = partition_name(sync_name)
     if not has_partition(conn, sync_name):
         conn.exec_driver_sql(drop_table_sql(name))
     conn.exec_driver_sql(create_table_sql(name, sync_name))
     rows = conn.exec_driver_sql(fill_table_sql(name, sync_name, rows_select), params).rowcount
     conn.exec_driver_sql(primary_key_sql(name))
+    conn.exec_driver_sql(f"ANALYZE {quote_ident(name)}")  # the next run plans on it (store/statistics.py)
     return rows
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from conversion_sync.store import statistics
 from conversion_sync.store.connection import prepare_bulk_transaction
 from conversion_sync.store.contacts import email_key_sql
 from conversion_sync.store.sql_text import column_ref, json_array_sql
@@ -168,7 +169,8 @@ class TraceAside:
         with self._engine.begin() as conn:
             prepare_bulk_transaction(conn)
             conn.exec_driver_sql(PRUNE, self._params)  # before its own rows, which it would only scan again
-            conn.exec_driver_sql(statement, self._params)
+            traced = conn.exec_driver_sql(statement, self._params).rowcount
+            statistics.analyze_if_grown(conn, "sync_key_trace", traced)
 
     def wait(self) -> None:
         """Wait for the trace (raising its error)."""
@@ -214,7 +216,8 @@ def record_run(conn: sa.Connection, ctx: WriteContext, aside: TraceAside | None 
     # every one of their pages (0.37 s after a million)
     conn.exec_driver_sql(PRUNE, params)
     statement = custom_objects_trace_sql(ctx) if kind == "custom_objects" else contacts_trace_sql(ctx)
-    conn.exec_driver_sql(statement, params)
+    traced = conn.exec_driver_sql(statement, params).rowcount
+    statistics.analyze_if_grown(conn, "sync_key_trace", traced)
 
 
 # --- reading a key's history --------------------------------------------------------------------------------

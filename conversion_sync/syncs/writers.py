@@ -14,7 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from conversion_sync.config.syncs import SyncConfig
-from conversion_sync.store import fingerprints, sync_state, trace
+from conversion_sync.store import fingerprints, statistics, sync_state, trace
 from conversion_sync.store.identity import IdentityMatcher
 from conversion_sync.store.sql_text import column_ref, json_object_sql, quote_literal
 
@@ -147,6 +147,15 @@ def plan_changes(conn: sa.Connection, ctx: WriteContext) -> Plan:
     return Plan(accepted=total, stored=stored, view=view, rebuilt=rebuilt, version=version)
 
 
+def refresh_statistics(conn: sa.Connection, ctx: WriteContext, written: dict[str, int]) -> None:
+    """Analyse each store table this run grew past autovacuum's threshold (`written`: table → rows this run
+    added to it), in the write transaction (store/statistics.py). Not in a dry run, which is rolled back."""
+    if ctx.dry_run:
+        return
+    for table, rows in written.items():
+        statistics.analyze_if_grown(conn, table, rows)
+
+
 def drop_writes(conn: sa.Connection, view: bool) -> None:
     """Temporary views outlive the transaction (unlike ON COMMIT DROP tables), and the session is pooled."""
     if view:
@@ -246,8 +255,10 @@ def save_fingerprints(
     if not fingerprints.has_partition(conn, ctx.sync.name):
         fingerprints.create_partition(conn, ctx.sync.name, added, params)
         return
-    conn.exec_driver_sql(insert_fingerprints_sql(added), params)
+    inserted = conn.exec_driver_sql(insert_fingerprints_sql(added), params).rowcount
     conn.exec_driver_sql(update_fingerprints_sql(saved), params)
+    if not ctx.dry_run:
+        statistics.analyze_if_grown(conn, fingerprints.partition_name(ctx.sync.name), inserted)
 
 
 # --- removals -------------------------------------------------------------------------------------------

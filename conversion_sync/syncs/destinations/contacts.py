@@ -325,6 +325,7 @@ def write_contacts(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
             _remove_contacts(conn, ctx, fields, counts)
         writers.forget_removed(conn, ctx)
         trace.record_run(conn, ctx, ctx.trace_aside)  # the per-key history (store/trace.py)
+        writers.refresh_statistics(conn, ctx, {"contacts": counts.contacts_created})
         writers.drop_writes(conn, plan.view)
         return counts
 

@@ -246,6 +246,15 @@ def write_custom_objects(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
             _remove_objects(conn, ctx, params, counts)
         writers.forget_removed(conn, ctx)
         trace.record_run(conn, ctx, ctx.trace_aside)  # the per-key history (store/trace.py)
+        writers.refresh_statistics(
+            conn,
+            ctx,
+            {
+                "custom_objects": counts.added,
+                "object_relationships": counts.added,
+                "contacts": counts.contacts_created,
+            },
+        )
         writers.drop_writes(conn, plan.view)
         return counts
 

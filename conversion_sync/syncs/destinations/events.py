@@ -147,6 +147,7 @@ def write_events(conn: sa.Connection, ctx: WriteContext) -> WriteCounts:
     if not create:  # mode update: events of emails with no contact are skipped (and not stored since)
         counts.skipped = conn.exec_driver_sql(COUNT_WITHOUT_CONTACT).scalar_one()
     writers.drop_writes(conn, view=True)
+    writers.refresh_statistics(conn, ctx, {"events": inserted, "contacts": counts.contacts_created})
     counts.added = inserted
     counts.events_deduplicated = total - counts.skipped - inserted
     counts.unchanged = counts.events_deduplicated
