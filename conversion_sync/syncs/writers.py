@@ -257,8 +257,7 @@ def save_fingerprints(
         return
     inserted = conn.exec_driver_sql(insert_fingerprints_sql(added), params).rowcount
     conn.exec_driver_sql(update_fingerprints_sql(saved), params)
-    if not ctx.dry_run:
-        statistics.analyze_if_grown(conn, fingerprints.partition_name(ctx.sync.name), inserted)
+    refresh_statistics(conn, ctx, {fingerprints.partition_name(ctx.sync.name): inserted})
 
 
 # --- removals -------------------------------------------------------------------------------------------
